@@ -1,0 +1,49 @@
+# imbalens: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# tcmalloc speeds up CPU training (see benchmarks/speed.py); used when installed.
+TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4))
+RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) MPLBACKEND=Agg
+GRID ?= params/quick.yaml
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint format study book bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -e '.[test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(STAMP) ## make .venv (python3 -m venv + pip install -e .[test])
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check src tests book benchmarks
+	$(BIN)/ruff format --check src tests book benchmarks
+
+format: $(STAMP) ## ruff format and fix
+	$(BIN)/ruff format src tests book benchmarks
+	$(BIN)/ruff check --fix src tests book benchmarks
+
+test: $(STAMP) lint ## lint + the whole test suite (smoke grid, nbval, book build, chromium check)
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
+
+study: $(STAMP) ## the whole study on the phantom: data, grid params/quick.yaml, the book
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens grid $(GRID)
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID)
+
+book: $(STAMP) ## rebuild the book from the runs already executed
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID)
+
+bench: $(STAMP) ## CPU speed benchmark (fp32 vs bf16+channels_last, side by side)
+	$(RUN) $(BIN)/python benchmarks/speed.py
+
+clean: ## remove runs, built book and caches (keeps .venv and data)
+	rm -rf runs _build book/_build .pytest_cache .ruff_cache

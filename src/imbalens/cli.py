@@ -1,0 +1,49 @@
+"""The ``imbalens`` command line: one sub-command per module, found in a registry.
+
+Each registered module exposes ``configure_parser(parser)`` (adds its flags) and
+``cli(args) -> int`` (runs it). Adding a command is one line in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("imbalens.synth", "write the chest-radiograph phantom in NIH's layout"),
+    "train": ("imbalens.train", "train one run from a YAML config"),
+    "evaluate": ("imbalens.evaluate", "evaluate a trained run's best checkpoint"),
+    "analyse": ("imbalens.analyse", "performance, CAM alignment and concepts of a run"),
+    "grid": ("imbalens.grid", "run a grid of notebooks with papermill"),
+    "book": ("imbalens.book", "assemble executed notebooks into the Jupyter Book"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(prog="imbalens", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).configure_parser(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``imbalens`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return int(importlib.import_module(args._module).cli(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Run configuration: one nested dict of plain literals, defaults, overrides, hashing.
+
+A run is described by a nested mapping with the sections ``data``, ``model``, ``loss``,
+``train`` and ``analysis``. :data:`DEFAULTS` holds the paper's recipe (Khakzar, Li et al.
+2022, Sec. 3) for the embedded phantom; YAML files and ``--set key=value`` overrides are
+merged onto it. Unknown keys are an error that names the key, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "data": {
+        "root": "data/phantom",  # NIH layout: Data_Entry_2017.csv, BBox_List_2017.csv, images/
+        "task": "multilabel",  # multilabel | binary
+        "include_no_finding": False,  # official code: True (15 outputs)
+        "image_size": 224,
+        "val_fraction": 0.1,  # patient-wise, carved out of train_val_list.txt
+        "split_seed": 0,
+        "missing": "error",  # error | skip  (images listed but absent)
+        "cache": False,  # keep decoded images in memory (small data sets)
+        "augment": True,  # random resized crop, flip, colour jitter on train
+    },
+    "model": {
+        "name": "resnet50",  # resnet50 | t-densenet
+        "weights": None,  # null (random init) | imagenet | path to a checkpoint
+    },
+    "loss": {
+        "name": "bce",  # bce | wbce | focal | cbfocal
+        "variant": "paper",  # paper | official
+        "hyper": {},  # e.g. {alpha: 0.25, gamma: 2.0, beta: 0.9999}
+    },
+    "train": {
+        "epochs": 50,
+        "batch_size": 512,  # global batch (split over DDP ranks)
+        "eval_batch_size": 256,
+        "lr": 4.0e-4,
+        "weight_decay": 1.0e-6,
+        "warmup_iters": 0,  # official code: 1000
+        "warmup_ratio": 0.01,  # warm-up starts at lr * warmup_ratio
+        "min_lr_ratio": 0.0,  # official code: 0.01 (cosine ends at lr * min_lr_ratio)
+        "precision": "auto",  # fp32 | bf16 | auto
+        "channels_last": True,
+        "workers": 0,
+        "seed": 2022,
+        "max_steps_per_epoch": None,  # cap for smoke runs
+        "device": "auto",  # auto | cpu | cuda
+        "progress": "auto",  # auto | on | off
+    },
+    "analysis": {
+        "q": None,  # null: model default (t-densenet 0.01, resnet50 0.04)
+        "threshold": "dataset",  # dataset | batch (official)
+        "layer": None,  # null: the model's first dissect layer
+        "upsample": False,  # official: upsample activations to the input before thresholding
+        "connectivity": 2,  # skimage: 1 = 4-connected, 2 = 8-connected
+        "normalise": "images",  # images (paper) | boxes (official)
+        "batch_size": 32,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names it."""
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str, strict: bool) -> None:
+    for key, value in update.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in base:
+            if strict:
+                known = ", ".join(sorted(base))
+                raise ConfigError(f"unknown config key {path!r} (known here: {known})")
+            base[key] = copy.deepcopy(value)
+        elif isinstance(base[key], dict) and path not in _FREE_FORM:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
+            _merge(base[key], value, path, strict)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+_FREE_FORM = {"loss.hyper"}
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML (``2`` int, ``null``, ``[1,2]``)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=2)")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def merge_config(*layers: Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Deep-merge ``layers`` onto :data:`DEFAULTS`, then apply ``key=value`` overrides.
+
+    Raises:
+        ConfigError: naming the first unknown key or malformed override.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    for layer in layers:
+        _merge(cfg, layer or {}, "", strict=True)
+    for item in overrides:
+        keys, value = parse_override(item)
+        nested: dict[str, Any] = {}
+        cursor = nested
+        for k in keys[:-1]:
+            cursor = cursor.setdefault(k, {})
+        cursor[keys[-1]] = value
+        _merge(cfg, nested, "", strict=True)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a YAML config (``safe_load``) and merge it onto the defaults."""
+    layer: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        layer = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(layer, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return merge_config(layer, overrides=overrides)
+
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+    """A short, stable hash of a resolved config (sorted-key JSON, sha256, 12 hex)."""
+    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_config(cfg: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write a resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
