@@ -1,0 +1,116 @@
+"""Known-answer tests for imbalens.alignment (IoBB / IoR on hand-drawn maps)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from imbalens.alignment import alignment_table, soft_iobb, soft_ior, summarise_alignment
+from imbalens.findings import BOXED_FINDINGS, class_names
+
+
+def _map_and_mask() -> tuple[torch.Tensor, torch.Tensor]:
+    cam = torch.zeros(4, 4)
+    cam[0, 0] = 1.0
+    cam[1, 1] = 0.5
+    cam[3, 3] = 0.5
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0:2, 0:2] = True  # covers (0,0)=1 and (1,1)=0.5
+    return cam, mask
+
+
+def test_soft_iobb_ior_exact_fractions():
+    cam, mask = _map_and_mask()
+    assert soft_iobb(cam, mask).item() == pytest.approx(1.5 / 4, abs=0)
+    assert soft_ior(cam, mask).item() == pytest.approx(1.5 / 2.0, abs=0)
+
+
+def test_hard_variants():
+    cam, mask = _map_and_mask()
+    assert soft_iobb(cam, mask, threshold=0.5).item() == 2 / 4
+    assert soft_ior(cam, mask, threshold=0.5).item() == 2 / 3
+    assert soft_iobb(cam, mask, threshold=0.75).item() == 1 / 4
+    assert soft_ior(cam, mask, threshold=0.75).item() == 1.0
+
+
+def test_leading_dims_and_nan():
+    cam, mask = _map_and_mask()
+    cams = torch.stack([cam, torch.zeros(4, 4), cam])
+    masks = torch.stack([mask, mask, torch.zeros(4, 4, dtype=torch.bool)])
+    iobb, ior = soft_iobb(cams, masks), soft_ior(cams, masks)
+    assert iobb.shape == (3,)
+    assert iobb[0] == 0.375 and iobb[1] == 0.0 and math.isnan(iobb[2])
+    assert ior[0] == 0.75 and math.isnan(ior[1]) and ior[2] == 0.0
+    with pytest.raises(ValueError, match="differ in H, W"):
+        soft_iobb(cams, masks[..., :2])
+
+
+class _Toy(nn.Module):
+    """CAM of every class == channel 0 of the input (features = identity, GAP, linear)."""
+
+    cam_layer, head = "features", "fc"
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.features = nn.Identity()
+        self.fc = nn.Linear(2, k)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.weight[:, 0] = 1.0
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class _Boxed(torch.utils.data.Dataset):
+    def __init__(self):
+        cam, mask = _map_and_mask()
+        self.names = ["a.png", "b.png"]
+        self.items = []
+        for i in range(2):
+            box = torch.zeros(8, 4, 4, dtype=torch.bool)
+            has = torch.zeros(8, dtype=torch.bool)
+            box[5] = mask  # Nodule
+            has[5] = True
+            if i == 1:
+                box[1, 3, 3] = True  # Cardiomegaly on the (3,3)=0.5 pixel
+                has[1] = True
+            image = torch.stack([cam, torch.ones(4, 4)])
+            self.items.append(dict(image=image, box_mask=box, has_box=has, index=i))
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize("task", ["multilabel", "binary"])
+def test_alignment_table_and_summary(task):
+    names = class_names(task)
+    df = alignment_table(_Toy(len(names)), _Boxed(), names, task, batch_size=2)
+    assert list(df.columns) == ["image", "finding", "output", "iobb", "ior"]
+    assert df[["image", "finding"]].values.tolist() == [
+        ["a.png", "Nodule"],
+        ["b.png", "Cardiomegaly"],
+        ["b.png", "Nodule"],
+    ]
+    expect_out = ["Nodule", "Cardiomegaly", "Nodule"] if task == "multilabel" else ["Unhealthy"] * 3
+    assert df["output"].tolist() == expect_out
+    assert df["iobb"].tolist() == [0.375, 0.5, 0.375]
+    assert df["ior"].tolist() == [0.75, 0.25, 0.75]
+    s = summarise_alignment(df).set_index("finding")
+    assert s.loc["all", "iobb_mean"] == pytest.approx(1.25 / 3)
+    assert s.loc["all", "iobb_n"] == 3 and s.loc["Nodule", "iobb_n"] == 2
+    assert s.loc["Nodule", "ior_std"] == 0.0
+    assert list(s.index) == ["Cardiomegaly", "Nodule", "all"]
+
+
+def test_alignment_missing_output_is_an_error():
+    names = [n for n in class_names("multilabel") if n != "Nodule"]
+    assert "Nodule" in BOXED_FINDINGS
+    with pytest.raises(ValueError, match="Nodule"):
+        alignment_table(_Toy(len(names)), _Boxed(), names, "multilabel")
