@@ -1,0 +1,525 @@
+"""Load a grid's run folders into tidy tables, and the paper's own numbers beside them.
+
+A grid folder (``runs/<grid>/``) holds one folder per run, each with its resolved
+``config.yaml`` and whatever stages have finished: ``metrics.json`` (training),
+``alignment_summary.csv`` / ``alignment.csv`` and ``concepts.json`` (analysis). This
+module turns them into long ("tidy") :class:`pandas.DataFrame` objects that the book's
+results page, :mod:`imbalens.claims` and :mod:`imbalens.plots` use. Missing stages are
+recorded, never fatal: a grid with two losses and one model is a valid (smaller) grid.
+
+The paper's Table 1 (soft IoBB/IoR) and Table 2 (Disjoint/Unique) of Khakzar, Li et al.
+(2022) live in ``paper_numbers.yaml`` next to this module and are loaded with
+:func:`paper_numbers`; they are always labelled ``"paper"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+LOSS_ORDER: tuple[str, ...] = ("bce", "wbce", "focal", "cbfocal")
+"""Losses in the paper's column order."""
+LOSS_LABELS: dict[str, str] = {
+    "bce": "BCE",
+    "wbce": "WBCE",
+    "focal": "Focal",
+    "cbfocal": "CB-Focal",
+}
+WEIGHTED_LOSSES: tuple[str, ...] = ("wbce", "focal", "cbfocal")
+"""The cost-sensitive losses the paper compares with plain BCE."""
+MODEL_ORDER: tuple[str, ...] = ("t-densenet", "resnet50")
+MODEL_LABELS: dict[str, str] = {"t-densenet": "T-DenseNet", "resnet50": "ResNet50"}
+TASK_ORDER: tuple[str, ...] = ("multilabel", "binary")
+TASK_LABELS: dict[str, str] = {"multilabel": "multi-label", "binary": "binary"}
+AVERAGE = "Average"
+"""Name of the class-average row added to a multi-label run's performance."""
+
+RUN_COLUMNS = ["run_id", "model", "loss", "task", "seed", "status", "path"]
+PERFORMANCE_COLUMNS = ["run", "model", "loss", "task", "seed", "class", "auroc", "ap", "mean_prob"]
+ALIGNMENT_COLUMNS = ["run", "model", "loss", "task", "seed", "finding", "iobb", "ior"]
+CONCEPT_COLUMNS = ["run", "model", "loss", "task", "seed", "disjoint", "unique"]
+
+
+def summary_class(task: str) -> str:
+    """The row that summarises a run in Figure 2: ``"Average"`` (multi-label) or ``"Unhealthy"``."""
+    return AVERAGE if task == "multilabel" else "Unhealthy"
+
+
+def loss_label(loss: str) -> str:
+    """Display name of a loss (``cbfocal`` -> ``CB-Focal``); unknown names pass through."""
+    return LOSS_LABELS.get(loss, loss)
+
+
+def model_label(model: str) -> str:
+    """Display name of a model (``t-densenet`` -> ``T-DenseNet``)."""
+    return MODEL_LABELS.get(model, model)
+
+
+def ordered(values: Any, order: tuple[str, ...]) -> list[str]:
+    """Distinct ``values`` sorted by ``order``; values not in ``order`` follow, alphabetically."""
+    seen = sorted(set(values), key=lambda v: (order.index(v) if v in order else len(order), v))
+    return list(seen)
+
+
+@dataclass
+class GridResults:
+    """Everything a grid's run folders hold, as tidy tables.
+
+    Attributes:
+        grid_dir: the grid folder.
+        runs: one row per run: run_id, model, loss, task, seed, status
+            (``analysed`` | ``trained`` | ``incomplete`` | ``failed``, the last from the
+            grid's ``grid.json``), path.
+        performance: one row per (run, class), plus an ``"Average"`` row per multi-label
+            run: auroc, ap, mean_prob (test split).
+        alignment: one row per (run, finding), finding ``"all"`` = mean over all maps:
+            soft iobb, ior.
+        concepts: one row per run: disjoint, unique (normalised concept counts).
+        problems: human-readable notes on what is missing or unreadable.
+    """
+
+    grid_dir: Path
+    runs: pd.DataFrame
+    performance: pd.DataFrame
+    alignment: pd.DataFrame
+    concepts: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        """Models present, in :data:`MODEL_ORDER`."""
+        return ordered(self.runs["model"], MODEL_ORDER)
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks present, in :data:`TASK_ORDER`."""
+        return ordered(self.runs["task"], TASK_ORDER)
+
+    @property
+    def losses(self) -> list[str]:
+        """Losses present, in :data:`LOSS_ORDER`."""
+        return ordered(self.runs["loss"], LOSS_ORDER)
+
+    def run_dirs(self, model: str, task: str, seed: int | None = None) -> dict[str, Path]:
+        """``{loss: run folder}`` for one (model, task), lowest seed unless ``seed`` is given."""
+        sel = self.runs[(self.runs["model"] == model) & (self.runs["task"] == task)]
+        if seed is not None:
+            sel = sel[sel["seed"] == seed]
+        sel = sel.sort_values("seed")
+        out: dict[str, Path] = {}
+        for loss in ordered(sel["loss"], LOSS_ORDER):
+            out[loss] = Path(sel[sel["loss"] == loss]["path"].iloc[0])
+        return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); delete it and rerun the stage"
+        ) from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+def _run_meta(run_dir: Path) -> dict[str, Any]:
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    try:
+        meta = {
+            "run_id": run_dir.name,
+            "model": str(cfg["model"]["name"]),
+            "loss": str(cfg["loss"]["name"]),
+            "task": str(cfg["data"]["task"]),
+            "seed": int(cfg.get("train", {}).get("seed", 0)),
+        }
+    except (KeyError, TypeError) as err:
+        raise ValueError(
+            f"{run_dir / 'config.yaml'} lacks key {err} (need model.name, loss.name, data.task)"
+        ) from err
+    if (run_dir / "analysis.done").exists():
+        meta["status"] = "analysed"
+    elif (run_dir / "train.done").exists():
+        meta["status"] = "trained"
+    else:
+        meta["status"] = "incomplete"
+    meta["path"] = str(run_dir)
+    return meta
+
+
+def performance_rows(metrics: Mapping[str, Any], task: str) -> list[dict[str, Any]]:
+    """Tidy rows (class, auroc, ap, mean_prob) from a ``metrics.json`` mapping.
+
+    Multi-label runs get an extra ``"Average"`` row from ``auroc_mean``/``ap_mean``/
+    ``mean_prob_mean`` (NaN-excluded class means, :func:`imbalens.metrics.performance`).
+    """
+    for key in ("auroc", "ap", "mean_prob"):
+        if not isinstance(metrics.get(key), Mapping):
+            raise ValueError(f"metrics lack the per-class mapping {key!r}")
+    rows = [
+        {
+            "class": name,
+            "auroc": float(metrics["auroc"][name]),
+            "ap": float(metrics["ap"].get(name, math.nan)),
+            "mean_prob": float(metrics["mean_prob"].get(name, math.nan)),
+        }
+        for name in metrics["auroc"]
+    ]
+    if task == "multilabel":
+        rows.append(
+            {
+                "class": AVERAGE,
+                "auroc": float(metrics.get("auroc_mean", math.nan)),
+                "ap": float(metrics.get("ap_mean", math.nan)),
+                "mean_prob": float(metrics.get("mean_prob_mean", math.nan)),
+            }
+        )
+    return rows
+
+
+def alignment_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows (finding, iobb, ior) from ``alignment_summary.csv``, else from ``alignment.csv``.
+
+    The summary holds one row per finding and ``"all"``, the mean over every
+    (image, finding) map (columns ``iobb``/``ior`` or ``iobb_mean``/``ior_mean``); when
+    only the per-map file exists both are recomputed from it.
+    """
+    summary = run_dir / "alignment_summary.csv"
+    if summary.exists():
+        frame = pd.read_csv(summary)
+    else:
+        per_map = pd.read_csv(run_dir / "alignment.csv")
+        frame = per_map.groupby("finding", as_index=False)[["iobb", "ior"]].mean()
+        frame = pd.concat(
+            [frame, pd.DataFrame([{"finding": "all", **per_map[["iobb", "ior"]].mean()}])]
+        )
+    # imbalens.alignment.summarise_alignment writes iobb_mean/ior_mean (+ _std, _n).
+    frame = frame.rename(columns={"iobb_mean": "iobb", "ior_mean": "ior"})
+    missing = {"finding", "iobb", "ior"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{summary} lacks columns {sorted(missing)}")
+    return frame[["finding", "iobb", "ior"]].to_dict("records")
+
+
+def _performance_reader(run_dir: Path, task: str) -> list[dict[str, Any]]:
+    return performance_rows(_read_json(run_dir / "metrics.json"), task)
+
+
+def _alignment_reader(run_dir: Path, task: str) -> list[dict[str, Any]]:
+    return alignment_rows(run_dir)
+
+
+def _concepts_reader(run_dir: Path, task: str) -> list[dict[str, Any]]:
+    return [_concept_row(_read_json(run_dir / "concepts.json"), run_dir)]
+
+
+STAGE_READERS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "performance": (("metrics.json",), _performance_reader),
+    "alignment": (("alignment_summary.csv", "alignment.csv"), _alignment_reader),
+    "concepts": (("concepts.json",), _concepts_reader),
+}
+"""Table -> (files that feed it, first preferred; reader(run_dir, task) -> rows)."""
+
+
+def load_grid(grid_dir: str | Path) -> GridResults:
+    """Read every run folder (a sub-folder with ``config.yaml``) of ``grid_dir``.
+
+    Unreadable or missing stage outputs are listed in :attr:`GridResults.problems`
+    (and logged); the tables hold what is there.
+
+    Raises:
+        FileNotFoundError: when ``grid_dir`` does not exist.
+    """
+    grid = Path(grid_dir)
+    if not grid.is_dir():
+        raise FileNotFoundError(f"grid folder {grid} does not exist: run `imbalens grid` first")
+    runs, perf, align, conc, problems = [], [], [], [], []
+    for run_dir in sorted(p.parent for p in grid.glob("*/config.yaml")):
+        try:
+            meta = _run_meta(run_dir)
+        except (ValueError, yaml.YAMLError) as err:
+            problems.append(f"{run_dir.name}: unreadable config ({err})")
+            continue
+        runs.append(meta)
+        key = {k: meta[k] for k in ("model", "loss", "task", "seed")} | {"run": meta["run_id"]}
+        sinks = {"performance": perf, "alignment": align, "concepts": conc}
+        for table, (files, reader) in STAGE_READERS.items():
+            if not any((run_dir / f).exists() for f in files):
+                problems.append(f"{run_dir.name}: no {files[0]} yet")
+                continue
+            name, sink = files[0], sinks[table]
+            try:
+                sink.extend(key | row for row in reader(run_dir, meta["task"]))
+            except (ValueError, KeyError, OSError) as err:
+                problems.append(f"{run_dir.name}: {name} unreadable ({err})")
+    failed = _failed_runs(grid)
+    for meta in runs:
+        if meta["run_id"] in failed:
+            meta["status"] = "failed"
+            problems.append(f"{meta['run_id']}: a stage failed (see grid.json)")
+    for note in problems:
+        log.warning("%s: %s", grid, note)
+    return GridResults(
+        grid_dir=grid,
+        runs=pd.DataFrame(runs, columns=RUN_COLUMNS),
+        performance=pd.DataFrame(perf, columns=PERFORMANCE_COLUMNS),
+        alignment=pd.DataFrame(align, columns=ALIGNMENT_COLUMNS),
+        concepts=pd.DataFrame(conc, columns=CONCEPT_COLUMNS),
+        problems=problems,
+    )
+
+
+def _failed_runs(grid: Path) -> set[str]:
+    """Run folder names that ``imbalens grid`` recorded as failed in ``grid.json``."""
+    try:
+        report = json.loads((grid / "grid.json").read_text())
+        return {r["dir"] for r in report.get("runs", []) if r.get("status") == "failed"}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def _concept_row(data: Mapping[str, Any], run_dir: Path) -> dict[str, float]:
+    try:
+        return {"disjoint": float(data["disjoint"]), "unique": float(data["unique"])}
+    except KeyError as err:
+        raise ValueError(f"{run_dir / 'concepts.json'} lacks key {err}") from err
+
+
+def loss_table(results: GridResults) -> pd.DataFrame:
+    """One row per (model, task, loss): the numbers the claims compare, seed-averaged.
+
+    Columns: model, task, loss, n_seeds, auroc, ap, mean_prob (the :func:`summary_class`
+    row), iobb, ior (finding ``"all"``), disjoint, unique. Absent stages give NaN.
+    """
+    keys = ["model", "task", "loss"]
+    base = results.runs.groupby(keys, as_index=False).agg(n_seeds=("seed", "nunique"))
+    perf = results.performance
+    perf = perf[perf["class"] == perf["task"].map(summary_class)]
+    parts = [
+        perf.groupby(keys, as_index=False)[["auroc", "ap", "mean_prob"]].mean(),
+        results.alignment[results.alignment["finding"] == "all"]
+        .groupby(keys, as_index=False)[["iobb", "ior"]]
+        .mean(),
+        results.concepts.groupby(keys, as_index=False)[["disjoint", "unique"]].mean(),
+    ]
+    for part in parts:
+        base = base.merge(part, on=keys, how="left")
+    return _sort(base)
+
+
+def _sort(frame: pd.DataFrame) -> pd.DataFrame:
+    rank = {
+        "model": {m: i for i, m in enumerate(MODEL_ORDER)},
+        "task": {t: i for i, t in enumerate(TASK_ORDER)},
+        "loss": {m: i for i, m in enumerate(LOSS_ORDER)},
+    }
+
+    def key(col: pd.Series) -> pd.Series:
+        return col.map(rank[col.name]).fillna(99) if col.name in rank else col
+
+    by = [c for c in ("task", "model", "loss") if c in frame.columns]
+    return frame.sort_values(by, key=key).reset_index(drop=True)
+
+
+def paper_numbers() -> dict[str, Any]:
+    """The paper's Tables 1 and 2 (``paper_numbers.yaml``), with their ``source``."""
+    text = resources.files("imbalens").joinpath("paper_numbers.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def paper_loss_table() -> pd.DataFrame:
+    """The paper's numbers in :func:`loss_table`'s layout (iobb, ior, disjoint, unique).
+
+    AUROC, AP and mean probability are NaN: the paper shows them only as bar charts.
+    """
+    data = paper_numbers()
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for table in ("table1", "table2"):
+        for task, by_model in data[table].items():
+            for model, by_metric in by_model.items():
+                for metric, by_loss in by_metric.items():
+                    for loss, value in by_loss.items():
+                        row = rows.setdefault(
+                            (model, task, loss), {"model": model, "task": task, "loss": loss}
+                        )
+                        row[metric] = float(value)
+    frame = pd.DataFrame(list(rows.values()))
+    for col in ("auroc", "ap", "mean_prob"):
+        frame[col] = math.nan
+    return _sort(frame)
+
+
+def side_by_side(
+    ours: pd.DataFrame, metrics: tuple[str, ...], ours_label: str, digits: int = 4
+) -> pd.DataFrame:
+    """The paper's table and ours in one frame, laid out like the paper's tables.
+
+    Rows: (task, model, metric); columns: (source, loss) with source ``"paper"`` and
+    ``ours_label``. Only (task, model) pairs present in ``ours`` are kept; a loss we did
+    not run shows as NaN (rendered "—" by the notebook).
+    """
+    frames = []
+    for label, table in (("paper", paper_loss_table()), (ours_label, ours)):
+        long = table.melt(
+            id_vars=["task", "model", "loss"], value_vars=list(metrics), var_name="metric"
+        )
+        long["source"] = label
+        frames.append(long)
+    long = pd.concat(frames, ignore_index=True)
+    present = set(zip(ours["task"], ours["model"], strict=True))
+    long = long[[(t, m) in present for t, m in zip(long["task"], long["model"], strict=True)]]
+    long["loss"] = long["loss"].map(loss_label)
+    long["model"] = long["model"].map(model_label)
+    long["task"] = long["task"].map(lambda t: TASK_LABELS.get(t, t))
+    wide = long.pivot_table(
+        index=["task", "model", "metric"], columns=["source", "loss"], values="value", dropna=False
+    )
+    cols = [(src, LOSS_LABELS[loss]) for src in ("paper", ours_label) for loss in LOSS_ORDER]
+    wide = wide.reindex(columns=pd.MultiIndex.from_tuples(cols, names=["source", "loss"]))
+    row_order = sorted(
+        wide.index,
+        key=lambda r: (
+            [TASK_LABELS[t] for t in TASK_ORDER].index(r[0]) if r[0] in TASK_LABELS.values() else 9,
+            [MODEL_LABELS[m] for m in MODEL_ORDER].index(r[1])
+            if r[1] in MODEL_LABELS.values()
+            else 9,
+            list(metrics).index(r[2]),
+        ),
+    )
+    return wide.reindex(row_order).round(digits)
+
+
+def grid_label(results: GridResults) -> str:
+    """A label for our numbers: ``imbalens (this grid: <grid name>, <data root>)``."""
+    roots = set()
+    for path in results.runs["path"]:
+        try:
+            cfg = yaml.safe_load((Path(path) / "config.yaml").read_text())
+            roots.add(Path(str(cfg["data"]["root"])).name)
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            continue
+    data = "/".join(sorted(roots)) or "unknown data"
+    return f"imbalens (this grid: {results.grid_dir.name}, {data})"
+
+
+@dataclass
+class CamSample:
+    """One boxed test image with its box mask and a CAM per run (Figure 1's rows).
+
+    Attributes:
+        finding: the boxed finding shown.
+        image_name: file name of the image.
+        image: (H, W) grey image in [0, 1] (model input, de-normalised).
+        mask: (H, W) bool, the union of that finding's boxes.
+        cams: ``{key: (H, W) CAM in [0, 1]}``, key a loss (or any run label); the CAM is
+            that of the finding's own output (multi-label) or the single output (binary).
+    """
+
+    finding: str
+    image_name: str
+    image: np.ndarray
+    mask: np.ndarray
+    cams: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def pick_boxed_images(boxes: pd.DataFrame, findings: Sequence[str]) -> dict[str, str]:
+    """One image per finding: the first (by name) with a box of it, preferring unused images.
+
+    ``boxes`` has columns image and finding (:func:`imbalens.data.load_boxes`). Findings
+    without any box are left out.
+    """
+    chosen: dict[str, str] = {}
+    for finding in findings:
+        names = sorted(boxes.loc[boxes["finding"] == finding, "image"].unique())
+        if not names:
+            continue
+        fresh = [n for n in names if n not in chosen.values()]
+        chosen[finding] = (fresh or names)[0]
+    return chosen
+
+
+def cam_samples(
+    run_dirs: Mapping[str, str | Path],
+    findings: Sequence[str] | None = None,
+    which: str = "best",
+    device: str = "cpu",
+) -> list[CamSample]:
+    """CAMs of one boxed test image per finding, for each run in ``run_dirs``.
+
+    The data (root, task, image size, split) are those of the first run's config; all
+    runs must share the task. CAMs come from :func:`imbalens.cam.class_activation_maps`
+    with the run's ``analysis.normalise``-independent default (min-max at the feature
+    resolution, bilinear upsampling), for the finding's output (binary: the single one).
+
+    Args:
+        run_dirs: ``{label: run folder}``, e.g. ``{"bce": ..., "wbce": ...}``.
+        findings: boxed findings to show (default all 8 that have boxes in the data).
+        which: checkpoint, ``"best"`` or ``"last"``.
+        device: where to run the models.
+
+    Raises:
+        ValueError: empty ``run_dirs`` or runs of different tasks.
+    """
+    import torch
+
+    from imbalens.cam import class_activation_maps
+    from imbalens.checkpoint import load_model_from_run
+    from imbalens.data import denormalize, load_nih
+    from imbalens.findings import BOXED_FINDINGS
+
+    if not run_dirs:
+        raise ValueError("cam_samples needs at least one run folder")
+    first = Path(next(iter(run_dirs.values())))
+    cfg = yaml.safe_load((first / "config.yaml").read_text())
+    d = cfg["data"]
+    data = load_nih(
+        d["root"],
+        task=d["task"],
+        include_no_finding=d.get("include_no_finding", False),
+        val_fraction=d.get("val_fraction", 0.1),
+        split_seed=d.get("split_seed", 0),
+        missing=d.get("missing", "error"),
+    )
+    size = int(d["image_size"])
+    dataset = data.dataset("boxed", size)
+    picked = pick_boxed_images(data.boxes(size), list(findings or BOXED_FINDINGS))
+    position = {name: i for i, name in enumerate(dataset.names)}
+    picked = {f: n for f, n in picked.items() if n in position}
+    items = [dataset[position[name]] for name in picked.values()]
+    if not items:
+        log.warning("no boxed test images in %s", d["root"])
+        return []
+    samples = []
+    for (finding, name), item in zip(picked.items(), items, strict=True):
+        f_idx = BOXED_FINDINGS.index(finding)
+        samples.append(
+            CamSample(
+                finding=finding,
+                image_name=name,
+                image=denormalize(item["image"]).mean(0).numpy(),
+                mask=item["box_mask"][f_idx].numpy().astype(bool),
+            )
+        )
+    batch = torch.stack([item["image"] for item in items]).to(device)
+    for label, run_dir in run_dirs.items():
+        model, run_cfg = load_model_from_run(run_dir, which=which, map_location=device)
+        if run_cfg["data"]["task"] != d["task"]:
+            raise ValueError(f"{run_dir} is task {run_cfg['data']['task']}, expected {d['task']}")
+        cams = class_activation_maps(model, batch).cpu().numpy()
+        for i, sample in enumerate(samples):
+            out = data.class_names.index(sample.finding) if d["task"] == "multilabel" else 0
+            sample.cams[label] = cams[i, out]
+    return samples
