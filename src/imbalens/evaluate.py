@@ -1,0 +1,235 @@
+"""Predictions and performance of a model on a split; re-evaluating a trained run.
+
+:func:`predict` runs a model over a data set (sharded over DDP ranks, gathered, padding
+removed) and returns logits and targets in data-set order. :func:`write_predictions`
+writes ``predictions_<split>.csv`` (``image``, then ``prob:<class>`` for each class, then
+``target:<class>``), with probabilities ``p = sigmoid(logit)``.
+:func:`evaluate_run` reloads a run's best (or last) checkpoint and recomputes its
+predictions and :func:`imbalens.metrics.performance` on a split; the CLI command
+``imbalens evaluate RUN_DIR [--which best|last] [--split test|val]`` calls it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from imbalens.config import atomic_write_text
+from imbalens.distributed import DistInfo, EpochSampler, SeededDataset, gather_arrays
+from imbalens.precision import autocast_context
+
+log = logging.getLogger(__name__)
+
+
+def progress_enabled(setting: str, info: DistInfo) -> bool:
+    """Progress bars: ``on``/``off``, or ``auto`` = only on rank 0 with a terminal."""
+    if not info.is_main or setting == "off":
+        return False
+    return setting == "on" or sys.stderr.isatty()
+
+
+def eval_loader(
+    dataset: Dataset, batch_size: int, info: DistInfo, workers: int, device: torch.device
+) -> DataLoader:
+    """A non-shuffled loader over this rank's shard of ``dataset``."""
+    sampler = EpochSampler(dataset, info, shuffle=False, seed=0)
+    return DataLoader(
+        SeededDataset(dataset, 0),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    info: DistInfo | None = None,
+    progress: bool = False,
+    desc: str = "predict",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits and targets of every sample of ``loader``'s data set, in data-set order.
+
+    Returns:
+        ``(indices, logits (N, K) float32, targets (N, K) float32)``, identical on every
+        rank; with DDP the shards are gathered and the sampler's padding dropped.
+    """
+    info = info or DistInfo()
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    idx, logits, targets = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
+        with autocast_context(device, precision):
+            out = model(images)
+        logits.append(out.float().cpu().numpy())
+        targets.append(batch["target"].float().numpy())
+        idx.append(np.asarray(batch["sample"], dtype=np.int64))
+    k = logits[0].shape[1] if logits else 0
+    indices, arrays = gather_arrays(
+        np.concatenate(idx) if idx else np.zeros(0, np.int64),
+        {
+            "logits": np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
+            "targets": np.concatenate(targets) if targets else np.zeros((0, k), np.float32),
+        },
+        info,
+    )
+    return indices, arrays["logits"], arrays["targets"]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function $$\\sigma(x) = 1 / (1 + e^{-x})$$."""
+    return (0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64)))).astype(np.float32)
+
+
+def predictions_frame(
+    names: list[str], probs: np.ndarray, targets: np.ndarray, class_names: list[str]
+) -> pd.DataFrame:
+    """One row per image: ``image``, ``prob:<class>``..., ``target:<class>``...."""
+    if len(names) != len(probs) or probs.shape != targets.shape:
+        raise ValueError(
+            f"{len(names)} names, probs {probs.shape}, targets {targets.shape} do not match"
+        )
+    frame = {"image": list(names)}
+    frame.update({f"prob:{c}": probs[:, j] for j, c in enumerate(class_names)})
+    frame.update({f"target:{c}": targets[:, j].astype(int) for j, c in enumerate(class_names)})
+    return pd.DataFrame(frame)
+
+
+def write_predictions(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
+    """Write a predictions frame as CSV, atomically."""
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.7g"))
+
+
+def write_json(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
+    """Write a dict as indented JSON (NaN kept as ``NaN``), atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def score_split(
+    model: nn.Module,
+    dataset: Dataset,
+    class_names: list[str],
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    batch_size: int,
+    workers: int,
+    info: DistInfo | None = None,
+    progress: bool = False,
+    split: str = "test",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Predictions frame and :func:`imbalens.metrics.performance` of ``model`` on ``dataset``."""
+    from imbalens.metrics import performance
+
+    info = info or DistInfo()
+    loader = eval_loader(dataset, batch_size, info, workers, device)
+    indices, logits, targets = predict(
+        model, loader, device, precision, channels_last, info, progress, desc=split
+    )
+    probs = sigmoid(logits)
+    names = [dataset.names[i] for i in indices]  # type: ignore[attr-defined]
+    return predictions_frame(names, probs, targets, class_names), performance(
+        probs, targets, class_names
+    )
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    which: str = "best",
+    split: str = "test",
+    device: str = "cpu",
+    out: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Recompute predictions and metrics of a trained run's checkpoint on ``split``.
+
+    Writes ``predictions.csv`` and ``metrics.json`` into ``out`` (default
+    ``RUN_DIR/evaluation/<which>-<split>/``), leaving the training's own files alone.
+
+    Returns:
+        The :func:`imbalens.metrics.performance` dict plus ``which``, ``split``, ``epoch``.
+    """
+    from imbalens.checkpoint import load_checkpoint, load_model_from_run
+    from imbalens.data import load_nih
+
+    if split not in ("test", "val", "train", "boxed"):
+        raise ValueError(f"split={split!r}: use test, val, train or boxed")
+    run = Path(run_dir)
+    dev = torch.device(device)
+    model, cfg = load_model_from_run(run, which=which, map_location=dev)
+    d, t = cfg["data"], cfg["train"]
+    data = load_nih(
+        d["root"],
+        task=d["task"],
+        include_no_finding=d["include_no_finding"],
+        val_fraction=d["val_fraction"],
+        split_seed=d["split_seed"],
+        missing=d["missing"],
+    )
+    dataset = data.dataset(split, d["image_size"], augment=False, cache=False)
+    channels_last = bool(t["channels_last"])
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    frame, metrics = score_split(
+        model,
+        dataset,
+        list(data.class_names),
+        dev,
+        t["precision"],
+        channels_last,
+        int(t["eval_batch_size"]),
+        int(t["workers"]),
+        split=split,
+    )
+    epoch = load_checkpoint(run / "checkpoints" / f"{which}.pt").get("epoch")
+    metrics = {**metrics, "which": which, "split": split, "epoch": epoch}
+    dest = Path(out) if out is not None else run / "evaluation" / f"{which}-{split}"
+    write_predictions(dest / "predictions.csv", frame)
+    write_json(dest / "metrics.json", metrics)
+    log.info(
+        "%s %s %s: auroc_mean %.4f ap_mean %.4f",
+        run.name,
+        which,
+        split,
+        metrics["auroc_mean"],
+        metrics["ap_mean"],
+    )
+    return metrics
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``imbalens evaluate``."""
+    parser.add_argument("run_dir", type=Path, help="a run folder written by `imbalens train`")
+    parser.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint")
+    parser.add_argument("--split", choices=("test", "val", "boxed", "train"), default="test")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Run ``imbalens evaluate``; prints the macro AUROC/AP."""
+    m = evaluate_run(args.run_dir, args.which, args.split, args.device, args.out)
+    auroc, ap = m["auroc_mean"], m["ap_mean"]
+    print(
+        f"{args.run_dir} {args.which} {args.split}: auroc_mean {auroc:.4f} ap_mean {ap:.4f}"
+        + ("" if math.isfinite(auroc) else " (undefined: no positives)")
+    )
+    return 0
