@@ -1,0 +1,158 @@
+"""Executing the book's jupytext notebooks with papermill, atomically.
+
+The notebooks in ``book/`` are jupytext percent-format ``.py`` files (the source). They
+are read into an in-memory notebook, given a ``python3`` kernelspec, and executed by
+papermill with the parameters injected after the cell tagged ``parameters``. Papermill
+saves after every cell, so it writes to a hidden temporary name in the destination
+folder; only a notebook that ran to the end is renamed to its final name, a failed one
+is kept as ``<name>.failed.ipynb`` for reading, and an interrupted one is removed. The
+source ``.py`` is never written back (no ``jupytext --sync`` after papermill).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jupytext
+import nbformat
+
+log = logging.getLogger(__name__)
+
+KERNEL_NAME = "python3"
+#: Cell tags that the book hides (papermill adds ``injected-parameters``).
+INJECTED_TAG = "injected-parameters"
+PARAMETERS_TAG = "parameters"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised in one of its cells; ``failed_path`` holds the executed copy."""
+
+    def __init__(self, message: str, failed_path: Path | None) -> None:
+        super().__init__(message)
+        self.failed_path = failed_path
+
+
+@dataclass(frozen=True)
+class Execution:
+    """The outcome of one notebook execution."""
+
+    output: Path
+    seconds: float
+
+
+def read_source(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
+    """Read a jupytext ``.py`` (or an ``.ipynb``) into a notebook with a python3 kernelspec.
+
+    Raises:
+        FileNotFoundError: naming the missing notebook source.
+        ValueError: when the notebook has no cell tagged ``parameters``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"notebook source {p} does not exist")
+    nb = jupytext.read(p)
+    nb.metadata["kernelspec"] = {
+        "name": KERNEL_NAME,
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    nb.metadata.setdefault("language_info", {"name": "python"})
+    nb.metadata.pop("jupytext", None)
+    if not any(PARAMETERS_TAG in c.get("metadata", {}).get("tags", []) for c in nb.cells):
+        raise ValueError(
+            f"notebook {p} has no cell tagged 'parameters' (add `# %% tags=[\"parameters\"]`)"
+        )
+    return nb
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """True when a papermill failure was a KeyboardInterrupt inside the kernel."""
+    return getattr(exc, "ename", None) == "KeyboardInterrupt"
+
+
+def execute(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    parameters: Mapping[str, Any],
+    cwd: str | os.PathLike[str] | None = None,
+    start_timeout: int = 120,
+) -> Execution:
+    """Execute the notebook ``source`` with ``parameters`` into ``output``, atomically.
+
+    The executed notebook is first written to ``.<stem>.partial.ipynb`` beside ``output``;
+    on success it is renamed to ``output``; on a cell error it is renamed to
+    ``<stem>.failed.ipynb`` and :class:`NotebookFailed` is raised; on an interrupt
+    (``KeyboardInterrupt`` here or in the kernel) the partial file is removed and
+    ``KeyboardInterrupt`` is raised. A previous ``<stem>.failed.ipynb`` is removed
+    when the notebook succeeds.
+    """
+    import papermill
+
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.stem}.partial.ipynb")
+    failed = out.with_name(f"{out.stem}.failed.ipynb")
+    nb = read_source(source)
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            nb,
+            str(partial),
+            parameters=dict(parameters),
+            kernel_name=KERNEL_NAME,
+            progress_bar=False,
+            cwd=str(cwd) if cwd is not None else None,
+            start_timeout=start_timeout,
+        )
+    except KeyboardInterrupt:
+        partial.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        if _is_interrupt(exc):
+            partial.unlink(missing_ok=True)
+            raise KeyboardInterrupt from exc
+        kept: Path | None = None
+        if partial.exists():
+            os.replace(partial, failed)
+            kept = failed
+        first = str(exc).strip().splitlines()
+        reason = next((line for line in reversed(first) if line.strip()), type(exc).__name__)
+        raise NotebookFailed(f"{Path(source).name}: {reason}", kept) from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, out)
+    failed.unlink(missing_ok=True)
+    return Execution(out, time.perf_counter() - t0)
+
+
+def tag_cells(nb: nbformat.NotebookNode, rules: Mapping[str, tuple[str, ...]]) -> int:
+    """Add tags to cells by their existing tags (e.g. ``{"injected-parameters": ("remove-cell",)}``).
+
+    Returns the number of cells changed.
+    """
+    changed = 0
+    for cell in nb.cells:
+        tags = list(cell.get("metadata", {}).get("tags", []))
+        extra = [t for src, add in rules.items() if src in tags for t in add if t not in tags]
+        if extra:
+            cell.setdefault("metadata", {})["tags"] = tags + list(dict.fromkeys(extra))
+            changed += 1
+    return changed
+
+
+def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
+    """The ``ename: evalue`` of every error output in an executed notebook."""
+    return [
+        f"{o.get('ename')}: {o.get('evalue')}"
+        for c in nb.cells
+        if c.get("cell_type") == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
