@@ -1,0 +1,162 @@
+"""Known-answer tests for imbalens.dissect (planted activations, thresholds, wrapper)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from imbalens.dissect import count_concepts, dissect_model, streaming_quantile
+
+Q = 0.02  # every channel has >= 8 of 192 cells at 1.0, so tau_c == 1.0 exactly
+
+
+def _planted() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """3 images, 4 channels, 8x8 grid, blobs of 1.0 on 0.0; 2 findings (A: img 0-1, B: img 2)."""
+    a = torch.zeros(3, 4, 8, 8)
+    box = torch.zeros(3, 8, 8, dtype=torch.bool)
+    # image 0: box rows 0-2, cols 0-2
+    box[0, 0:3, 0:3] = True
+    a[0, 0, 1:3, 1:3] = 1  # inside -> 1
+    a[0, 0, 6:8, 6:8] = 1  # outside -> 0
+    a[0, 1, 5:7, 0:2] = 1  # outside -> 0
+    a[0, 2, 1, 1] = a[0, 2, 2, 2] = 1  # diagonal pair inside: 1 (8-conn) / 2 (4-conn)
+    # image 1: box rows 4-7, cols 4-7
+    box[1, 4:8, 4:8] = True
+    a[1, 0, 4:6, 4:6] = 1  # inside -> 1
+    a[1, 1, 4, 4:6] = 1  # two separate blobs inside -> 2
+    a[1, 1, 7, 6:8] = 1
+    a[1, 2, 0:2, 0:3] = 1  # outside -> 0
+    a[1, 3, 3:5, 3:5] = 1  # overlaps the box by one cell -> 1
+    # image 2: box = column 7
+    box[2, :, 7] = True
+    a[2, 3, 0:3, 6] = 1  # touches the box's side but shares no cell -> 0
+    a[2, 3, 5:7, 7] = 1  # inside -> 1
+    fm = torch.stack([box.clone(), box.clone()], 1)
+    fm[2, 0] = False
+    fm[:2, 1] = False
+    return a, box, fm
+
+
+def _batches(with_findings: bool = False) -> list[tuple[torch.Tensor, ...]]:
+    a, box, fm = _planted()
+    if with_findings:
+        return [(a[:2], box[:2], fm[:2]), (a[2:], box[2:], fm[2:])]
+    return [(a[:2], box[:2]), (a[2:], box[2:])]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("connectivity,disjoint", [(2, 7), (1, 8)])
+def test_planted_counts(exact, connectivity, disjoint):
+    res = count_concepts(_batches(), Q, connectivity=connectivity, exact=exact)
+    assert np.array_equal(res.thresholds, np.ones(4))
+    assert res.n_images == 3
+    assert res.total_components == disjoint and res.total_detectors == 6
+    assert res.disjoint == pytest.approx(disjoint / 3) and res.unique == 2.0
+    if connectivity == 2:
+        assert res.per_channel["n_components"].tolist() == [2, 2, 1, 2]
+        assert res.per_channel["n_images"].tolist() == [2, 1, 1, 2]
+        assert res.per_channel["is_detector"].all()
+
+
+def test_normalise_by_boxes_and_per_finding():
+    res = count_concepts(_batches(True), Q, normalise="boxes", n_boxes=4, finding_names=["A", "B"])
+    assert res.disjoint == 7 / 4 and res.unique == 6 / 4
+    assert res.per_finding["A"] == {"disjoint": 3.0, "unique": 2.5, "n_images": 2}
+    assert res.per_finding["B"] == {"disjoint": 1.0, "unique": 1.0, "n_images": 1}
+    assert res.per_channel["components:A"].tolist() == [2, 2, 1, 1]
+    assert res.per_channel["components:B"].tolist() == [0, 0, 0, 1]
+    with pytest.raises(ValueError, match="n_boxes"):
+        count_concepts(_batches(), Q, normalise="boxes")
+
+
+def test_input_resolution_masks_are_pooled_to_cells():
+    a, box, _ = _planted()
+    big = box.repeat_interleave(4, 1).repeat_interleave(4, 2)  # 32x32, same boxes
+    res = count_concepts([(a, big)], Q, exact=True)
+    assert res.total_components == 7
+    # a box covering one input pixel of cell (2, 2) of image 0 makes that cell a box cell
+    tiny = torch.zeros(3, 32, 32, dtype=torch.bool)
+    tiny[0, 11, 11] = True
+    res = count_concepts([(a, tiny)], Q, exact=True)
+    assert res.total_components == 2  # ch0's 2x2 blob and ch2's diagonal pair (8-conn)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_streaming_quantile_within_stated_error(relu):
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(3, 997, generator=g) * (1 + i) for i in range(5)]
+    if relu:  # 90% ties at 0 (the quantile itself is a tie) in row 0
+        xs = [torch.where(x[0:1] < 1.3, 0.0, x[0:1]).expand(3, -1).clone() for x in xs]
+    allv = torch.cat(xs, 1).numpy()
+    for p in (0.5, 0.96, 0.99):
+        est, err, n = streaming_quantile(xs, p, bins=64)
+        exact = np.quantile(allv, p, axis=1)
+        assert n == 5 * 997
+        span = allv.max(1) - allv.min(1)
+        assert np.all(err <= span / 64**2 + 1e-6)
+        assert np.all(np.abs(est - exact) <= err + 1e-5)
+    if relu:
+        est, err, _ = streaming_quantile(xs, 0.5, bins=64)
+        assert np.all(est == 0) and np.all(err == 0)
+
+
+def test_batch_threshold_is_torch_quantile_per_batch():
+    g = torch.Generator().manual_seed(1)
+    acts = [torch.rand(2, 3, 4, 4, generator=g) for _ in range(3)]
+    box = torch.ones(2, 8, 8, dtype=torch.bool)  # masks at the upsampled grid
+    res = count_concepts([(a, box) for a in acts], 0.1, threshold="batch", upsample_to=8)
+    for a, t in zip(acts, res.batch_thresholds, strict=True):
+        up = torch.nn.functional.interpolate(a, size=(8, 8), mode="bilinear", align_corners=False)
+        expect = torch.quantile(up.transpose(0, 1).reshape(3, -1), 0.9, dim=1)
+        np.testing.assert_allclose(t, expect.numpy(), rtol=0, atol=0)
+    # each channel-map with any cell >= tau overlaps the all-ones box: one detector each
+    assert res.n_images == 6
+    np.testing.assert_allclose(res.thresholds, res.batch_thresholds.mean(0))
+
+
+class _Identity(nn.Module):
+    dissect_layers = ("features",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class _Boxed(torch.utils.data.Dataset):
+    def __init__(self):
+        self.a, box, _ = _planted()
+        self.masks = torch.zeros(3, 8, 8, 8, dtype=torch.bool)
+        self.masks[:, 0] = box  # union of findings == box
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return {"image": self.a[i], "box_mask": self.masks[i], "index": i}
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_dissect_model_matches_core(cache):
+    res = dissect_model(_Identity(), _Boxed(), q=Q, batch_size=2, exact=False, cache=cache)
+    assert res.total_components == 7 and res.unique == 2.0
+    assert res.per_finding["Atelectasis"]["disjoint"] == 7 / 3
+    with pytest.raises(ValueError, match="q="):
+        dissect_model(_Identity(), _Boxed())
+
+
+@pytest.mark.parametrize(
+    "cache,exact,passes", [(False, False, 4), (False, True, 3), (True, False, 1)]
+)
+def test_activation_stream_passes(cache, exact, passes):
+    from imbalens.dissect import ActivationStream
+
+    stream = ActivationStream(_Identity(), _Boxed(), "features", batch_size=2, cache=cache)
+    res = count_concepts(stream, Q, exact=exact)
+    stream.close()
+    assert stream.passes == passes and res.total_components == 7
