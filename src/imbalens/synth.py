@@ -1,0 +1,431 @@
+"""A chest-radiograph phantom written in exactly NIH ChestX-ray14's layout.
+
+The phantom is the study's embedded default data set: a fresh, offline machine can run
+every notebook on it, and, unlike NIH, the true extent of every lesion is known, so its
+boxes are exact. ``generate`` writes into ``out``::
+
+    images/00000001_000.png ...      8-bit grey PNG, size x size
+    Data_Entry_2017.csv               2020 revision: 9 header names, 11 fields a row
+    BBox_List_2017.csv                boxes in the 1,024-px release space ("Infiltrate")
+    train_val_list.txt, test_list.txt patient-wise split (test_fraction of patients)
+    phantom.json                      manifest (parameters, counts), written last
+
+Labels. By default the label distribution follows NIH's published counts
+(:data:`imbalens.findings.NIH_IMAGE_COUNTS`, Wang et al. 2017): an image is healthy with
+probability $h = 60{,}361/112{,}120 \\approx 0.538$; otherwise finding $k$ is drawn
+independently with probability $r_k = q_k Z$ and the draw is repeated until at least one
+finding is present, where $q_k = n_k / (N - n_{\\text{No Finding}})$ is the finding's
+share among unhealthy images and $Z$ solves
+
+$$ Z = 1 - \\prod_k (1 - q_k Z), $$
+
+so that the conditional marginal $P(k \\mid \\text{unhealthy}) = r_k / Z = q_k$ and the
+overall marginal is $(1 - h) q_k = n_k / N$, exactly NIH's prevalence. After the
+patient-wise split every finding is forced to have at least
+:data:`MIN_POSITIVES_PER_SPLIT` positive images in train_val and in test (added to
+random images of that split, unhealthy ones first), so that tiny phantoms still have
+every class in both splits; for 4,000 images this changes only Hernia's count (NIH rate
+0.2% gives about 8 images).
+
+The rendering (anatomy and the 14 findings' appearances) is in
+:mod:`imbalens.phantom_anatomy`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from imbalens.config import atomic_write_text
+from imbalens.findings import (
+    BOXED_FINDINGS,
+    FINDINGS,
+    NIH_IMAGE_COUNTS,
+    NIH_TOTAL_IMAGES,
+    NO_FINDING,
+    RELEASE_SIZE,
+)
+from imbalens.phantom_anatomy import render, rng_for
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+"""Bump when the rendering or the label sampler changes (phantoms are then regenerated)."""
+
+MANIFEST = "phantom.json"
+MIN_POSITIVES_PER_SPLIT = 3
+"""Every finding gets at least this many positive images in train_val and in test."""
+
+BOX_LABEL = {"Infiltration": "Infiltrate"}
+"""BBox_List_2017.csv spells Infiltration as NIH does."""
+
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h]"
+ORIGINAL_SIZES = ((2500, 2048), (2048, 2500), (2021, 2021), (3056, 2544), (2992, 2991))
+PIXEL_SPACINGS = (0.143, 0.139, 0.168, 0.171)
+BALANCED_LABELS_PER_UNHEALTHY = 1.5
+
+
+# ------------------------------------------------------------------------ label sampler
+def label_probabilities(prevalence: str | float = "nih") -> tuple[float, np.ndarray]:
+    """Healthy probability $h$ and conditional finding shares $q_k$ (order FINDINGS).
+
+    ``"nih"``: NIH's counts (module docstring). ``"balanced"``: $h = 0.5$ and every
+    $q_k = 1.5/14$ (each finding in about 5.4% of images). A float $s > 0$ scales NIH's
+    finding prevalences: the unhealthy fraction becomes $\\min(s (1 - h_{NIH}), 0.95)$
+    and $q_k = \\min(s\\, n_k / N / (1 - h), 0.95)$.
+
+    Raises:
+        ValueError: for an unknown name or a non-positive scale.
+    """
+    counts = np.array([NIH_IMAGE_COUNTS[f] for f in FINDINGS], dtype=float)
+    h_nih = NIH_IMAGE_COUNTS[NO_FINDING] / NIH_TOTAL_IMAGES
+    if isinstance(prevalence, str) and prevalence not in ("nih", "balanced"):
+        try:
+            prevalence = float(prevalence)
+        except ValueError:
+            raise ValueError(
+                f"prevalence {prevalence!r}: use 'nih', 'balanced' or a positive scale"
+            ) from None
+    if prevalence == "nih":
+        return h_nih, counts / (NIH_TOTAL_IMAGES - NIH_IMAGE_COUNTS[NO_FINDING])
+    if prevalence == "balanced":
+        return 0.5, np.full(len(FINDINGS), BALANCED_LABELS_PER_UNHEALTHY / len(FINDINGS))
+    s = float(prevalence)
+    if not s > 0 or not math.isfinite(s):
+        raise ValueError(f"prevalence scale must be a positive number, got {prevalence!r}")
+    unhealthy = min(s * (1.0 - h_nih), 0.95)
+    q = np.minimum(s * counts / NIH_TOTAL_IMAGES / unhealthy, 0.95)
+    return 1.0 - unhealthy, q
+
+
+def _solve_z(q: np.ndarray) -> float:
+    """Largest root in (0, 1/max q] of $Z = 1 - \\prod_k (1 - q_k Z)$ (bisection).
+
+    When $\\sum_k q_k \\le 1$ only Z = 0 solves it: the conditional shares cannot all be
+    met with at least one finding per image; the upper bound 1/max q is then used.
+    """
+    hi = 1.0 / float(q.max())
+    f = lambda z: 1.0 - float(np.prod(1.0 - q * z)) - z  # noqa: E731
+    if f(hi) >= 0:
+        return hi
+    lo = 1e-9
+    if f(lo) <= 0:
+        return hi
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+    return lo
+
+
+def sample_labels(n: int, rng: np.random.Generator, prevalence: str | float = "nih") -> np.ndarray:
+    """Draw ``n`` multi-label rows, bool (n, 14) in FINDINGS order; all-False = No Finding.
+
+    Healthy with probability $h$; unhealthy rows are independent Bernoulli($q_k Z$)
+    redrawn until non-empty (see the module docstring), so marginals are $(1-h) q_k$.
+    """
+    h, q = label_probabilities(prevalence)
+    r = np.clip(q * _solve_z(q), 0.0, 1.0)
+    labels = np.zeros((n, len(FINDINGS)), dtype=bool)
+    sick = np.flatnonzero(rng.random(n) >= h)
+    todo = sick
+    while todo.size:
+        labels[todo] = rng.random((todo.size, len(FINDINGS))) < r
+        todo = todo[~labels[todo].any(axis=1)]
+    return labels
+
+
+def _force_cover(
+    labels: np.ndarray, split_rows: Sequence[np.ndarray], rng: np.random.Generator
+) -> None:
+    """Give every finding >= MIN_POSITIVES_PER_SPLIT positives in each split (in place)."""
+    for rows in split_rows:
+        for k in range(len(FINDINGS)):
+            need = min(MIN_POSITIVES_PER_SPLIT, rows.size) - int(labels[rows, k].sum())
+            if need <= 0:
+                continue
+            free = rows[~labels[rows, k]]
+            sick = free[labels[free].any(axis=1)]
+            well = free[~labels[free].any(axis=1)]
+            pool = np.concatenate([rng.permutation(sick), rng.permutation(well)])
+            labels[pool[:need], k] = True
+
+
+# ------------------------------------------------------------------------ generation
+def _patients(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Patient id and follow-up number of each image: 1 + Geometric(0.35) images a
+    patient (mean about 2.9; NIH has 3.6 with a heavier tail), capped at 20."""
+    pid, fu = [], []
+    p = 0
+    while len(pid) < n:
+        p += 1
+        k = min(int(rng.geometric(0.35)), 20)
+        pid += [p] * k
+        fu += list(range(k))
+    return np.array(pid[:n]), np.array(fu[:n])
+
+
+def _render_task(task: tuple[Any, ...]) -> list[tuple[str, str, float, float, float, float]]:
+    """Render and write one image; return its BBox_List rows (in the 1,024 space)."""
+    out, name, index, patient, findings, want_boxes, size, seed, difficulty = task
+    img, boxes = render(size, seed, index, patient, findings, difficulty)
+    path = Path(out) / "images" / name
+    tmp = path.with_name(f".{name}.tmp")
+    Image.fromarray(img, mode="L").save(tmp, format="PNG")
+    os.replace(tmp, path)
+    rows = []
+    if want_boxes:
+        k = RELEASE_SIZE / size
+        for f in BOXED_FINDINGS:
+            if f in boxes:
+                x0, y0, x1, y1 = boxes[f]
+                rows.append(
+                    (name, BOX_LABEL.get(f, f), x0 * k, y0 * k, (x1 - x0) * k, (y1 - y0) * k)
+                )
+    return rows
+
+
+def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The manifest of a complete phantom in ``out``, or None when there is none."""
+    p = Path(out) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def generate(
+    out: str | os.PathLike[str],
+    n_images: int = 4000,
+    size: int = 256,
+    seed: int = 0,
+    prevalence: str | float = "nih",
+    difficulty: float = 0.5,
+    boxes: str = "test",
+    test_fraction: float = 0.25,
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a phantom in NIH's layout into ``out`` and return its manifest.
+
+    Args:
+        out: folder (created). An existing complete phantom with the same parameters and
+            version is kept (``overwrite=False``) and its manifest returned.
+        n_images: number of images; patients get 1 + Geometric(0.35) follow-ups each.
+        size: image side in pixels (boxes are still written in the 1,024 release space).
+        seed: everything is a function of the seed: labels and split from
+            ``SeedSequence(seed, spawn_key=(0,))``, image i from ``(seed, 2, i)`` etc.,
+            so the bytes do not depend on ``workers``.
+        prevalence: ``"nih"``, ``"balanced"`` or a scale (see :func:`label_probabilities`).
+        difficulty: in [0, 1]; lesion contrast factor $1.5 - d$, size jitter
+            $\\exp N(0, 0.06 + 0.25 d)$, noise $2 + 3d$ grey levels.
+        boxes: ``"test"`` (boxes for test images only, as NIH) or ``"all"``.
+        test_fraction: fraction of *patients* in test_list.txt.
+        workers: processes (default ``os.cpu_count()``).
+        overwrite: regenerate even when a matching complete phantom exists.
+
+    Returns:
+        The manifest written to ``phantom.json`` (parameters, counts, version).
+
+    Raises:
+        ValueError: for out-of-range arguments.
+    """
+    if n_images < 2:
+        raise ValueError(f"n_images must be >= 2, got {n_images}")
+    if size < 16:
+        raise ValueError(f"size must be >= 16 px, got {size}")
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must lie in [0, 1], got {difficulty}")
+    if boxes not in ("test", "all"):
+        raise ValueError(f"boxes must be 'test' or 'all', got {boxes!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    label_probabilities(prevalence)  # validates
+    out = Path(out)
+    params = {
+        "n_images": int(n_images),
+        "size": int(size),
+        "seed": int(seed),
+        "prevalence": prevalence,
+        "difficulty": float(difficulty),
+        "boxes": boxes,
+        "test_fraction": float(test_fraction),
+    }
+    old = read_manifest(out)
+    if (
+        not overwrite
+        and old is not None
+        and old.get("version") == VERSION
+        and old.get("parameters") == params
+    ):
+        log.info("phantom in %s is complete (phantom.json matches); kept", out)
+        return old
+    (out / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is back
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+
+    rng = rng_for(seed, 0)
+    pid, fu = _patients(n_images, rng)
+    patients = np.unique(pid)
+    n_test = min(max(1, round(test_fraction * patients.size)), patients.size - 1)
+    test_patients = set(rng.permutation(patients)[:n_test].tolist())
+    is_test = np.array([p in test_patients for p in pid])
+    labels = sample_labels(n_images, rng, prevalence)
+    _force_cover(labels, [np.flatnonzero(~is_test), np.flatnonzero(is_test)], rng)
+    ages0 = np.clip(rng.normal(47, 17, patients.size), 1, 94).astype(int)
+    sex = np.where(rng.random(patients.size) < 0.56, "M", "F")
+    views = np.where(rng.random(n_images) < 0.4, "AP", "PA")
+    orig = rng.integers(len(ORIGINAL_SIZES), size=n_images)
+    spacing = rng.integers(len(PIXEL_SPACINGS), size=n_images)
+    names = [f"{p:08d}_{f:03d}.png" for p, f in zip(pid, fu, strict=True)]
+
+    keep = set(names)
+    for stale in images.iterdir():
+        if stale.name not in keep:
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+
+    findings = [tuple(np.asarray(FINDINGS)[row].tolist()) for row in labels]
+    tasks = [
+        (
+            str(out),
+            names[i],
+            i,
+            int(pid[i]),
+            findings[i],
+            boxes == "all" or bool(is_test[i]),
+            size,
+            seed,
+            difficulty,
+        )
+        for i in range(n_images)
+    ]
+    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    t0 = time.perf_counter()
+    if workers == 1:
+        box_rows = [_render_task(t) for t in tasks]
+    else:
+        with get_context("spawn").Pool(workers) as pool:
+            box_rows = pool.map(
+                _render_task, tasks, chunksize=max(1, min(64, n_images // (4 * workers)))
+            )
+    log.info(
+        "rendered %d images (%d px) in %.1f s with %d workers",
+        n_images,
+        size,
+        time.perf_counter() - t0,
+        workers,
+    )
+
+    entry = [DATA_ENTRY_HEADER]
+    for i, name in enumerate(names):
+        w, h = ORIGINAL_SIZES[orig[i]]
+        sp = PIXEL_SPACINGS[spacing[i]]
+        lab = "|".join(findings[i]) or NO_FINDING
+        age = min(int(ages0[pid[i] - 1] + fu[i] // 4), 95)
+        entry.append(
+            f"{name},{lab},{fu[i]},{pid[i]},{age},{sex[pid[i] - 1]},{views[i]},{w},{h},{sp},{sp}"
+        )
+    atomic_write_text(out / "Data_Entry_2017.csv", "\n".join(entry) + "\n")
+    bbox = [BBOX_HEADER] + [
+        f"{n},{f},{x:.6f},{y:.6f},{w:.6f},{h:.6f}" for rows in box_rows for n, f, x, y, w, h in rows
+    ]
+    atomic_write_text(out / "BBox_List_2017.csv", "\n".join(bbox) + "\n")
+    test_names = sorted(n for n, t in zip(names, is_test, strict=True) if t)
+    train_names = sorted(n for n, t in zip(names, is_test, strict=True) if not t)
+    atomic_write_text(out / "train_val_list.txt", "\n".join(train_names) + "\n")
+    atomic_write_text(out / "test_list.txt", "\n".join(test_names) + "\n")
+
+    def counts(rows: np.ndarray) -> dict[str, int]:
+        c = {NO_FINDING: int((~labels[rows].any(axis=1)).sum())}
+        c.update({f: int(labels[rows, k].sum()) for k, f in enumerate(FINDINGS)})
+        return c
+
+    manifest = {
+        "format": "imbalens-phantom",
+        "version": VERSION,
+        "parameters": params,
+        "counts": {
+            "images": n_images,
+            "patients": int(patients.size),
+            "train_val_images": len(train_names),
+            "test_images": len(test_names),
+            "boxes": len(bbox) - 1,
+            "boxed_images": sum(1 for rows in box_rows if rows),
+            "labels_train_val": counts(np.flatnonzero(~is_test)),
+            "labels_test": counts(np.flatnonzero(is_test)),
+        },
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+# ------------------------------------------------------------------------ command line
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``imbalens synth``."""
+    parser.add_argument("--out", required=True, type=Path, help="output folder (NIH layout)")
+    parser.add_argument("--images", type=int, default=4000, help="number of images (4000)")
+    parser.add_argument("--size", type=int, default=256, help="image side in px (256)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument(
+        "--prevalence", default="nih", help="nih | balanced | <scale of NIH's prevalences>"
+    )
+    parser.add_argument("--difficulty", type=float, default=0.5, help="in [0, 1] (0.5)")
+    parser.add_argument(
+        "--boxes",
+        choices=("test", "all"),
+        default="test",
+        help="boxes for test images only (NIH) or for all",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.25,
+        help="fraction of patients in test_list.txt (0.25)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="processes (all cores)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="regenerate even when a matching phantom exists"
+    )
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Run ``imbalens synth``; prints where the phantom is and its counts."""
+    t0 = time.perf_counter()
+    m = generate(
+        args.out,
+        n_images=args.images,
+        size=args.size,
+        seed=args.seed,
+        prevalence=args.prevalence,
+        difficulty=args.difficulty,
+        boxes=args.boxes,
+        test_fraction=args.test_fraction,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
+    c = m["counts"]
+    print(
+        f"phantom: {args.out} ({c['images']} images, {c['patients']} patients, "
+        f"{c['test_images']} test, {c['boxes']} boxes) in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
