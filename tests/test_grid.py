@@ -53,6 +53,9 @@ print("{stage} ok", cfg["loss"]["name"])
 """
 
 RESULTS_NB = """\
+# %% [markdown]
+# # Fake results
+
 # %% tags=["parameters"]
 grid_dir = ""
 params_path = ""
@@ -349,3 +352,41 @@ def test_source_without_parameters_cell_is_an_error(tmp_path: Path) -> None:
     p.write_text(textwrap.dedent("# %%\nx = 1\n"))
     with pytest.raises(ValueError, match="parameters"):
         read_source(p)
+
+
+# ----------------------------------------------------------------------------- the book
+def test_book_assembles_toc_hides_parameters_and_builds(tmp_path: Path, notebooks: Path) -> None:
+    from imbalens.book import BookError, assemble, build
+
+    params = write_params(tmp_path, axes={"loss.name": ["bce", "wbce"]})
+    out = tmp_path / "runs"
+    assert run_grid(params, out, notebook_dir=notebooks, progress=False).ok
+    book = assemble(out / "fake")
+    assert book.runs == ["resnet50-bce-s2022", "resnet50-wbce-s2022"]
+    toc = yaml.safe_load((book.root / "_toc.yml").read_text())
+    assert toc["format"] == "jb-book" and toc["root"] == "index"
+    assert toc["parts"][0]["chapters"][0] == {"file": "results"}
+    assert toc["parts"][1] == {
+        "caption": "Run resnet50-bce-s2022",
+        "chapters": [
+            {"file": f"runs/resnet50-bce-s2022/{s}"} for s in ("train", "performance", "alignment")
+        ],
+    }
+    cfg = yaml.safe_load((book.root / "_config.yml").read_text())
+    assert cfg["execute"]["execute_notebooks"] == "off"
+    nb = json.loads((book.root / "runs" / "resnet50-bce-s2022" / "train.ipynb").read_text())
+    tagged = {
+        tuple(c["metadata"].get("tags", [])) for c in nb["cells"] if c["metadata"].get("tags")
+    }
+    assert tagged == {("parameters", "remove-cell"), ("injected-parameters", "remove-cell")}
+    assert "".join(nb["cells"][0]["source"]) == "# Fake train: resnet50-bce-s2022"
+    index = build(book.root)
+    assert index == book.root / "_build" / "html" / "index.html"
+    page = book.root / "_build" / "html" / "runs" / "resnet50-wbce-s2022" / "performance.html"
+    html = page.read_text()
+    assert "performance ok wbce" in html
+    assert "injected-parameters" not in html and "run_dir = " not in html
+    # a page that the table of contents names but that is missing fails the build
+    (book.root / "runs" / "resnet50-wbce-s2022" / "alignment.ipynb").unlink()
+    with pytest.raises(BookError, match="alignment"):
+        build(book.root)
