@@ -460,3 +460,22 @@ def test_dataloader_workers_share_cache(nih_2020: Path) -> None:
     assert torch.cat([b["index"] for b in batches]).tolist() == list(range(8))
     assert ds._filled is not None and bool(ds._filled.all())  # filled by the workers
     np.testing.assert_array_equal(ds.cache[0], grey_content(ds.names[0]))
+
+
+def test_reads_the_phantom(tiny_phantom: Path) -> None:
+    """The phantom of imbalens.synth (boxes on all images) reads without warnings; the
+    boxed split is the test images that have boxes, each with a non-empty mask."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = load_nih(tiny_phantom)
+    n = sum(len(data.images(s)) for s in ("train", "val", "test"))
+    assert n == 400
+    boxes = data.boxes(64)
+    boxed = data.images("boxed")
+    assert boxed and set(boxed) == set(boxes["image"]) & set(data.images("test"))
+    pos, neg = data.counts("train")
+    assert (pos + neg == len(data.images("train"))).all() and pos.sum() > 0
+    ds = data.dataset("boxed", 64)
+    item = ds[0]
+    per_finding = item["box_mask"].flatten(1).any(dim=1)
+    assert torch.equal(per_finding, item["has_box"]) and bool(item["has_box"].any())

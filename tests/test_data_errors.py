@@ -276,12 +276,16 @@ def test_truncated_png_in_a_dataset_names_the_file(root: Path) -> None:
     [
         ({"task": "multiclass"}, "unknown task 'multiclass'"),
         ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
-        ({"task": "binary", "include_no_finding": True}, "include_no_finding"),
     ],
 )
 def test_bad_arguments(root: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         load_nih(root, **kwargs)
+
+
+def test_no_finding_option_is_ignored_for_binary(root: Path) -> None:
+    data = load_nih(root, task="binary", include_no_finding=True)
+    assert data.class_names == ["Unhealthy"] and data.targets("test").shape == (8, 1)
 
 
 def test_unknown_split(root: Path) -> None:

@@ -700,7 +700,8 @@ def load_nih(
     Args:
         root: folder with Data_Entry_2017.csv, the lists, BBox_List_2017.csv, images.
         task: "multilabel" or "binary".
-        include_no_finding: multilabel only: add "No Finding" as output 10 (of 15).
+        include_no_finding: multilabel only: add "No Finding" as output 10 (of 15);
+            ignored for the binary task, as in :func:`imbalens.findings.class_names`.
         val_fraction: share of train_val patients held out for validation, in [0, 1).
         split_seed: seed of the validation draw.
         missing: images listed but absent on disk: "error" or "skip" (drop, warn).
@@ -719,7 +720,8 @@ def load_nih(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if include_no_finding and task != "multilabel":
-        raise ValueError("include_no_finding only applies to task='multilabel'")
+        log.info("include_no_finding is ignored for task=%r (one output 'Unhealthy')", task)
+        include_no_finding = False
     if not root.is_dir():
         raise FileNotFoundError(
             f"data root {root} is not a folder: it should hold NIH's {DATA_ENTRY}, "
