@@ -519,9 +519,9 @@ class ActivationStream:
     """Re-iterable ``(activations, union box mask, finding masks)`` of one layer.
 
     Each iteration runs the model over the boxed dataset (stopping right after
-    ``layer``) unless ``cache=True``: then the first iteration also writes each batch's
-    activations (float32 ``.npy``, one file per batch) into a temporary folder and later
-    iterations read them memory-mapped. Either way only one batch is in memory.
+    ``layer``) unless ``cache=True``: then the first complete iteration also writes each batch's
+    activations (float32 ``.npy``) and box masks into a temporary folder and later
+    iterations read them back, batch by batch, without the model or the image files. Either way only one batch is in memory.
     ``passes`` counts the forward passes over the data.
     """
 
@@ -542,7 +542,7 @@ class ActivationStream:
         self._tmp: tempfile.TemporaryDirectory[str] | None = (
             tempfile.TemporaryDirectory(prefix="imbalens-acts-") if cache else None
         )
-        self._cached: list[Path] = []
+        self._cached: list[tuple[Path, Path]] = []
 
     def close(self) -> None:
         """Delete the activation cache, if any."""
@@ -569,22 +569,26 @@ class ActivationStream:
         return store["a"].float().cpu()
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        if self._tmp is not None and self._cached:
+            for acts_path, mask_path in self._cached:
+                acts = torch.from_numpy(np.load(acts_path))
+                masks = torch.from_numpy(np.load(mask_path))
+                yield acts, masks.any(1), masks
+            return
+        self.passes += 1
+        self.model.eval()
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
-        use_cache = self._tmp is not None and len(self._cached) > 0
-        if not use_cache:
-            self.passes += 1
-            self.model.eval()
+        cached: list[tuple[Path, Path]] = []
         for i, batch in enumerate(loader):
             masks = batch["box_mask"].bool()
-            if use_cache:
-                acts = torch.from_numpy(np.load(self._cached[i], mmap_mode="r").copy())
-            else:
-                acts = self._forward(batch["image"])
-                if self._tmp is not None:
-                    path = Path(self._tmp.name) / f"{i:06d}.npy"
-                    np.save(path, acts.numpy())
-                    self._cached.append(path)
+            acts = self._forward(batch["image"])
+            if self._tmp is not None:
+                base = Path(self._tmp.name) / f"{i:06d}"
+                np.save(base.with_suffix(".acts.npy"), acts.numpy())
+                np.save(base.with_suffix(".mask.npy"), masks.numpy())
+                cached.append((base.with_suffix(".acts.npy"), base.with_suffix(".mask.npy")))
             yield acts, masks.any(1), masks
+        self._cached = cached  # complete passes only
 
 
 def default_q(model: nn.Module) -> float:

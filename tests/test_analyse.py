@@ -1,0 +1,94 @@
+"""End-to-end test of imbalens.analyse on the tiny phantom with random-init models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from imbalens.alignment import soft_iobb
+from imbalens.analyse import DONE, analyse_model, analyse_run
+from imbalens.cam import class_activation_maps
+from imbalens.config import dump_config, merge_config
+from imbalens.data import load_nih
+from imbalens.findings import BOXED_FINDINGS
+
+LIMIT = 12
+
+
+def _cfg(root, task="multilabel", name="t-densenet"):
+    return merge_config(
+        {
+            "data": {"root": str(root), "task": task, "image_size": 64},
+            "model": {"name": name},
+            "train": {"precision": "fp32"},
+            "analysis": {"batch_size": 5},
+        }
+    )
+
+
+def test_analyse_model_end_to_end(tiny_phantom, tmp_path):
+    from imbalens.models import build_model
+
+    cfg = _cfg(tiny_phantom)
+    data = load_nih(tiny_phantom)
+    torch.manual_seed(0)
+    model = build_model("t-densenet", len(data.class_names)).eval()
+    res = analyse_model(model, data, cfg, tmp_path, device="cpu", limit=LIMIT)
+
+    ds = data.dataset("boxed", 64)
+    items = [ds[i] for i in range(LIMIT)]
+    n_maps = int(sum(it["has_box"].sum() for it in items))
+    table = pd.read_csv(tmp_path / "alignment.csv")
+    assert len(table) == n_maps == res["n_maps"]
+    # one row recomputed by hand: CAM of the finding's own output vs its box mask
+    row = table.iloc[0]
+    i = ds.names.index(row["image"])
+    f = BOXED_FINDINGS.index(row["finding"])
+    k = data.class_names.index(row["finding"])
+    cam = class_activation_maps(model, ds[i]["image"][None], classes=[k])[0, 0]
+    assert row["iobb"] == pytest.approx(soft_iobb(cam, ds[i]["box_mask"][f]).item(), abs=1e-6)
+    summary = pd.read_csv(tmp_path / "alignment_summary.csv").set_index("finding")
+    assert summary.loc["all", "iobb_mean"] == pytest.approx(table["iobb"].mean())
+
+    concepts = json.loads((tmp_path / "concepts.json").read_text())
+    assert concepts["layer"] == "features.norm5" and concepts["q"] == 0.01
+    assert concepts["n_images"] == LIMIT
+    assert concepts["n_boxes"] == len(data.boxes(64).query("image in @ds.names[:12]"))
+    assert 0 < concepts["unique"] <= concepts["disjoint"]
+    channels = pd.read_csv(tmp_path / "concepts_channels.csv")
+    assert len(channels) == 512 and channels["n_images"].sum() == round(concepts["unique"] * LIMIT)
+    done = json.loads((tmp_path / DONE).read_text())
+    assert done["iobb"] == pytest.approx(summary.loc["all", "iobb_mean"])
+    # finished folder: skipped, files untouched
+    mtime = (tmp_path / "alignment.csv").stat().st_mtime_ns
+    assert analyse_model(model, data, cfg, tmp_path, device="cpu", limit=LIMIT) == done
+    assert (tmp_path / "alignment.csv").stat().st_mtime_ns == mtime
+
+
+def test_analyse_run_binary_resnet_cli(tiny_phantom, tmp_path):
+    from imbalens.checkpoint import save_checkpoint
+    from imbalens.cli import main
+    from imbalens.models import build_model
+
+    cfg = _cfg(tiny_phantom, task="binary", name="resnet50")
+    cfg["analysis"]["layer"] = "layer3"
+    cfg["analysis"]["threshold"] = "batch"
+    torch.manual_seed(0)
+    model = build_model("resnet50", 1)
+    dump_config(cfg, tmp_path / "config.yaml")
+    save_checkpoint(
+        tmp_path / "checkpoints" / "best.pt", {"model": model.state_dict(), "config": cfg}
+    )
+    assert main(["analyse", str(tmp_path), "--limit", "6", "--device", "cpu"]) == 0
+    table = pd.read_csv(tmp_path / "alignment.csv")
+    assert set(table["output"]) == {"Unhealthy"}
+    concepts = json.loads((tmp_path / "concepts.json").read_text())
+    assert concepts["layer"] == "layer3" and list(concepts["layers"]) == ["layer3"]
+    assert concepts["threshold"] == "batch" and concepts["q"] == 0.04
+    res = analyse_run(tmp_path, device="cpu", limit=6)  # done: read back, not recomputed
+    assert res["iobb"] == pytest.approx(np.nanmean(table["iobb"]))
+    assert res["n_boxes"] == concepts["n_boxes"] and res["n_images"] == 6
