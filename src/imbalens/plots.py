@@ -21,8 +21,10 @@ from matplotlib.patches import Rectangle
 
 from imbalens.results import (
     LOSS_ORDER,
+    TASK_LABELS,
     CamSample,
     loss_label,
+    model_label,
     ordered,
 )
 
@@ -215,7 +217,7 @@ def grouped_bars(
         keep = ~np.isnan(vals_a)
         if not keep.any():
             continue
-        ax.bar(
+        container = ax.bar(
             x[keep] + (j - (len(groups) - 1) / 2) * width,
             vals_a[keep],
             width,
@@ -228,6 +230,8 @@ def grouped_bars(
             linewidth=0.4,
         )
         drawn += int(keep.sum())
+        if len(categories) <= 3:
+            ax.bar_label(container, fmt="%.3g", fontsize=8, padding=2)
     ax.set_xticks(x, categories, rotation=40, ha="right", fontsize=8)
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.grid(axis="y", alpha=0.3)
@@ -293,7 +297,11 @@ def performance_bars(metrics: pd.DataFrame, title: str | None = None) -> Figure:
     if missing:
         raise ValueError(f"performance_bars needs columns {sorted(missing)}")
     fig, axes = plt.subplots(
-        1, 3, figsize=(max(9.0, 0.45 * len(metrics) * 3), 3.4), layout="constrained"
+        3,
+        1,
+        figsize=(max(6.0, 0.45 * len(metrics) + 1.5), 7.0),
+        layout="constrained",
+        sharex=True,
     )
     names = list(metrics["class"])
     for ax, col in zip(axes, metric_cols, strict=True):
@@ -303,12 +311,14 @@ def performance_bars(metrics: pd.DataFrame, title: str | None = None) -> Figure:
                 bar.set_hatch("//")
                 bar.set_facecolor("#E69F00")
         ax.set_ylim(0, 1)
-        ax.set_title(METRIC_LABELS[col])
-        ax.tick_params(axis="x", rotation=60, labelsize=8)
+        ax.set_ylabel(METRIC_LABELS[col])
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         if col == "auroc":
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    axes[-1].tick_params(axis="x", rotation=40)
+    for label in axes[-1].get_xticklabels():
+        label.set_horizontalalignment("right")
     if title:
         fig.suptitle(title)
     return fig
@@ -399,16 +409,111 @@ def comparison_bars(
 
     ``table`` is :func:`imbalens.results.loss_table`-shaped (model, task, loss, metrics).
     """
-    frame = table.assign(setting=table["model"] + " / " + table["task"])
+    frame = table.assign(
+        setting=table["model"].map(model_label)
+        + "\n"
+        + table["task"].map(lambda t: TASK_LABELS.get(t, t))
+    )
     settings = list(dict.fromkeys(frame["setting"]))
     losses = ordered(frame["loss"], LOSS_ORDER)
     fig, axes = plt.subplots(
-        1, len(metrics), figsize=(3.2 * len(metrics) + 1, 3.4), layout="constrained", squeeze=False
+        1,
+        len(metrics),
+        figsize=(2.2 * len(metrics) * max(len(settings), 2) / 2 + 1.8, 3.6),
+        layout="constrained",
+        squeeze=False,
     )
     for ax, metric in zip(axes[0], metrics, strict=True):
         grouped_bars(ax, frame, metric, settings, losses, category_col="setting")
         ax.set_title(METRIC_LABELS.get(metric, metric.capitalize()))
-    axes[0, 0].legend(fontsize=8)
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.tick_params(axis="x", rotation=0)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("center")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def concept_channels_figure(channels: pd.DataFrame, title: str | None = None) -> Figure:
+    """Which channels detect what: components per channel, detector channels per finding.
+
+    Left: histogram of the number of pathology-related components per channel (channels
+    with at least one). Right: number of detector channels per boxed finding (from the
+    ``components:<finding>`` columns of ``concepts_channels.csv``).
+    """
+    if "n_components" not in channels.columns:
+        raise ValueError("concepts_channels.csv lacks the 'n_components' column")
+    cols = [c for c in channels.columns if c.startswith("components:")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+    active = channels.loc[channels["n_components"] > 0, "n_components"]
+    if len(active):
+        top = int(active.max())
+        left.hist(
+            active,
+            bins=np.arange(0.5, top + 1.5) if top <= 30 else 30,
+            color="#0072B2",
+            edgecolor="black",
+            linewidth=0.4,
+        )
+    left.set_xlabel("concept components of the channel (all boxed images)")
+    left.set_ylabel("channels")
+    left.set_title(f"{len(active)} of {len(channels)} channels detect a concept")
+    names = [c.split(":", 1)[1] for c in cols]
+    counts = [(channels[c].fillna(0) > 0).sum() for c in cols]
+    right.bar(names, counts, color="#009E73", edgecolor="black", linewidth=0.4)
+    right.set_ylabel("detector channels")
+    right.set_title("channels detecting each finding")
+    right.tick_params(axis="x", rotation=30)
+    for label in right.get_xticklabels():
+        label.set_horizontalalignment("right")
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def cam_gallery(
+    samples: Sequence[CamSample],
+    key: str,
+    ncols: int = 4,
+    panel: float = 2.2,
+    title: str | None = None,
+) -> Figure:
+    """One run's CAMs: one panel per sample (finding as title), box outlined, ``ncols`` wide.
+
+    ``key`` selects the CAM of each sample (:attr:`CamSample.cams`). Returns a figure with
+    ``len(samples)`` image axes (unused grid cells removed) and a colour bar.
+    """
+    if not samples:
+        raise ValueError("cam_gallery needs at least one sample")
+    ncols = min(ncols, len(samples))
+    nrows = -(-len(samples) // ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(panel * ncols + 0.8, panel * nrows + 0.4),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, sample in zip(axes.flat, samples, strict=False):
+        cam_overlay(
+            ax,
+            sample.image,
+            sample.cams.get(key),
+            mask=sample.mask,
+            title=f"{sample.finding}\n{sample.image_name}",
+        )
+    for ax in list(axes.flat)[len(samples) :]:
+        fig.delaxes(ax)
+    mappable = plt.cm.ScalarMappable(cmap=CAM_CMAP, norm=plt.Normalize(0, 1))
+    fig.colorbar(
+        mappable, ax=[a for a in axes.flat if a in fig.axes], shrink=0.6, label="CAM (min-max)"
+    )
     if title:
         fig.suptitle(title)
     return fig

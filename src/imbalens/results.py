@@ -523,3 +523,56 @@ def cam_samples(
             out = data.class_names.index(sample.finding) if d["task"] == "multilabel" else 0
             sample.cams[label] = cams[i, out]
     return samples
+
+
+COMPONENT_PREFIX = "components:"
+"""Prefix of ``concepts_channels.csv``'s per-finding component columns."""
+
+
+def detectors_by_finding(channels: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """Per boxed finding: how many channels detect it and the ``top`` strongest ones.
+
+    ``channels`` is a run's ``concepts_channels.csv`` (:func:`imbalens.dissect.count_concepts`
+    ``per_channel``: channel, n_components, ..., ``components:<finding>``). A channel
+    *detects* a finding when at least one of its above-threshold components overlaps a
+    box of that finding. Returns columns finding, detector_channels, components (summed
+    over channels), top_channels (``"c17 (12), c3 (9)"``: channel and its components).
+    """
+    cols = [c for c in channels.columns if c.startswith(COMPONENT_PREFIX)]
+    if "channel" not in channels.columns:
+        raise ValueError("concepts_channels.csv lacks the 'channel' column")
+    rows = []
+    for col in cols:
+        counts = channels.set_index("channel")[col].fillna(0)
+        best = counts[counts > 0].sort_values(ascending=False, kind="stable").head(top)
+        rows.append(
+            {
+                "finding": col[len(COMPONENT_PREFIX) :],
+                "detector_channels": int((counts > 0).sum()),
+                "components": int(counts.sum()),
+                "top_channels": ", ".join(f"c{ch} ({int(n)})" for ch, n in best.items()),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["finding", "detector_channels", "components", "top_channels"]
+    )
+
+
+def design_gaps(results: GridResults) -> list[str]:
+    """Sentences naming what the paper's 4 losses x 2 models x 2 tasks design lacks here.
+
+    Also names runs without analysis results. An empty list means the grid is complete.
+    """
+    notes = []
+    for what, present, full, label in (
+        ("losses", results.losses, LOSS_ORDER, loss_label),
+        ("models", results.models, MODEL_ORDER, model_label),
+        ("tasks", results.tasks, TASK_ORDER, lambda t: TASK_LABELS.get(t, t)),
+    ):
+        absent = [label(x) for x in full if x not in present]
+        if absent:
+            notes.append(f"{what} not in this grid: {', '.join(absent)}")
+    unfinished = results.runs.loc[results.runs["status"] != "analysed", "run_id"].tolist()
+    if unfinished:
+        notes.append(f"runs without analysis results: {', '.join(unfinished)}")
+    return notes

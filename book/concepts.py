@@ -1,0 +1,111 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Concepts of one run: feature maps that fire on pathology
+
+# %% tags=["parameters"]
+# the run folder (papermill injects the absolute path)
+run_dir = "runs/example/t-densenet-bce-multilabel-s0"
+# how many channels to list per finding
+top = 5
+
+# %% [markdown]
+# ## Overview
+#
+# Network dissection (Bau et al. 2017) asks which individual channels of a layer act
+# as detectors. Each channel $c$ gets a threshold $\tau_c$ with
+# $P(A^c \ge \tau_c) = q$ over the boxed images; every connected region of a
+# thresholded map that overlaps a box is a *pathology-related concept*. Normalised by
+# the number of images,
+#
+# - **Disjoint** counts all such regions, over all channels;
+# - **Unique** counts, per image, the channels with at least one such region.
+#
+# The paper's Table 2 compares these counts across losses.
+#
+# 1. The counts and the settings they were computed with
+# 2. Counts per finding
+# 3. Which channels detect what
+#
+# ## Prerequisites
+#
+# | Concept | Importance | Notes |
+# | --- | --- | --- |
+# | The Methods page | Necessary | thresholds, components, Disjoint/Unique |
+# | The alignment page of this run | Helpful | it runs the analysis |
+#
+# - **Time to learn**: 10 minutes
+#
+# ## Imports
+
+# %%
+# %matplotlib inline
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from imbalens.config import load_config
+from imbalens.plots import concept_channels_figure
+from imbalens.results import detectors_by_finding, loss_label, model_label
+
+run = Path(run_dir)
+cfg = load_config(run / "config.yaml")
+title = (
+    f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
+)
+concepts = json.loads((run / "concepts.json").read_text())
+
+# %% [markdown]
+# ## Disjoint and Unique
+#
+# The two normalised counts, with the layer, quantile $q$, threshold mode (`dataset`:
+# the paper; `batch`: the official code), connectivity and normaliser (images or
+# boxes) they were computed with.
+
+# %%
+scalars = {k: v for k, v in concepts.items() if not isinstance(v, dict | list)}
+pd.Series(scalars, name=title).to_frame()
+
+# %% [markdown]
+# ## Counts per finding
+#
+# Disjoint and Unique restricted to the boxes of one finding, normalised by the images
+# that have a box of it.
+
+# %%
+per_finding = pd.DataFrame(concepts.get("per_finding", {})).T
+per_finding.round(2) if len(per_finding) else "no per-finding counts in concepts.json"
+
+# %% [markdown]
+# ## Which channels detect what
+#
+# `concepts_channels.csv` has one row per channel. A channel *detects* a finding when
+# one of its above-threshold regions overlaps a box of that finding. The table lists,
+# per finding, the number of detector channels and the strongest ones with their
+# number of regions; the figure shows how concentrated the detections are.
+
+# %%
+channels = pd.read_csv(run / "concepts_channels.csv")
+detectors_by_finding(channels, top=top).set_index("finding")
+
+# %%
+fig = concept_channels_figure(channels, title=title)
+
+# %% [markdown]
+# ## Summary
+#
+# The counts above are this run's entry in the paper's Table 2. Whether the weighted
+# losses raise them is decided on the results page across the grid's runs.
+#
+# ### What's next?
+#
+# The grid's results page.

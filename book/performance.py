@@ -1,0 +1,109 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Performance of one run
+
+# %% tags=["parameters"]
+# the run folder (papermill injects the absolute path)
+run_dir = "runs/example/t-densenet-bce-multilabel-s0"
+
+# %% [markdown]
+# ## Overview
+#
+# The paper's first observation is that the imbalance losses hardly change AUROC and AP
+# but do change the predicted probabilities. This page shows, for one trained run, the
+# three numbers the paper's Figure 2 compares across losses:
+#
+# 1. AUROC per class (ranking quality, insensitive to calibration)
+# 2. AP per class (precision-recall, sensitive to prevalence)
+# 3. Mean predicted probability per class (how much probability mass the model gives)
+#
+# The results page puts the four losses side by side.
+#
+# ## Prerequisites
+#
+# | Concept | Importance | Notes |
+# | --- | --- | --- |
+# | The training page of this run | Necessary | its test metrics |
+# | ROC and precision-recall curves | Helpful | |
+#
+# - **Time to learn**: 5 minutes
+#
+# ## Imports
+
+# %%
+# %matplotlib inline
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from imbalens.config import load_config
+from imbalens.plots import performance_bars
+from imbalens.results import loss_label, model_label, performance_rows
+
+run = Path(run_dir)
+cfg = load_config(run / "config.yaml")
+task = cfg["data"]["task"]
+title = f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {task}"
+
+# %% [markdown]
+# ## Per-class table
+#
+# From `metrics.json` (the best checkpoint on the test split). `n_pos` is the number of
+# positive test images of the class: with few positives AUROC and AP are noisy, and a
+# class without positives has none (NaN). Multi-label runs get an *Average* row, the
+# NaN-excluded mean over classes; the binary task has the single class *Unhealthy*.
+
+# %%
+metrics = json.loads((run / "metrics.json").read_text())
+table = pd.DataFrame(performance_rows(metrics, task)).set_index("class")
+table["n_pos"] = pd.Series(metrics.get("n_pos", {}), dtype="Int64")
+table.round(3)
+
+# %% [markdown]
+# ## Prevalence of the predictions
+#
+# Mean predicted probability compared with the share of positives among the test images
+# (`predictions_test.csv`): a model trained with plain BCE on imbalanced data tends to
+# predict less than the prevalence for rare classes.
+
+# %%
+pred = pd.read_csv(run / "predictions_test.csv")
+classes = [c.split(":", 1)[1] for c in pred.columns if c.startswith("prob:")]
+prevalence = pd.DataFrame(
+    {
+        "test prevalence": [pred[f"target:{c}"].mean() for c in classes],
+        "mean predicted probability": [pred[f"prob:{c}"].mean() for c in classes],
+    },
+    index=pd.Index(classes, name="class"),
+)
+prevalence.round(3)
+
+# %% [markdown]
+# ## Bar charts
+#
+# The same numbers as bars; the dashed line marks chance-level AUROC 0.5 and the
+# hatched bar is the class average.
+
+# %%
+fig = performance_bars(table.reset_index(), title=title)
+
+# %% [markdown]
+# ## Summary
+#
+# The table and bars above are this run's contribution to the paper's Figure 2. Whether
+# AUROC/AP stay equal and mean probability rises with the weighted losses is decided on
+# the results page, across the runs of the grid.
+#
+# ### What's next?
+#
+# The alignment page looks at *where* the model looks.

@@ -1,0 +1,111 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Training one run
+
+# %% tags=["parameters"]
+# the run folder (papermill injects the absolute path); its config.yaml is the whole recipe
+run_dir = "runs/example/t-densenet-bce-multilabel-s0"
+
+# %% [markdown]
+# ## Overview
+#
+# This page trains one model of the grid with one loss on one task and shows how the
+# training went. It is the first of four stages of a run: **train**, performance,
+# alignment, concepts. Training resumes from `checkpoints/last.pt` when interrupted and
+# is a no-op once `train.done` exists, so re-executing this page is cheap.
+#
+# 1. The run's resolved configuration
+# 2. Training (or picking up the finished run)
+# 3. Loss and validation AUROC per epoch
+# 4. Test metrics of the best checkpoint
+#
+# ## Prerequisites
+#
+# | Concept | Importance | Notes |
+# | --- | --- | --- |
+# | The Methods page | Necessary | the four losses, the training recipe |
+# | Adam, cosine learning-rate schedule | Helpful | |
+#
+# - **Time to learn**: 5 minutes
+#
+# ## Imports
+
+# %%
+# %matplotlib inline
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from imbalens.config import load_config
+from imbalens.plots import history_curves
+from imbalens.results import loss_label, model_label, performance_rows
+from imbalens.train import train
+
+run = Path(run_dir)
+cfg = load_config(run / "config.yaml")
+
+# %% [markdown]
+# ## The configuration
+#
+# Every key of the run, merged onto `imbalens.config.DEFAULTS`; the grid's params file
+# chose the model, loss, task and seed.
+
+# %%
+print(yaml.safe_dump(cfg, sort_keys=False))
+
+# %% [markdown]
+# ## Training
+#
+# `imbalens.train.train` trains with the loss of the config, keeps the checkpoint with
+# the best validation mean AUROC (`checkpoints/best.pt`) and evaluates it on the test
+# split. Its return value is the test metrics.
+
+# %%
+metrics = train(cfg, run)
+title = (
+    f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
+)
+print(
+    f"{title}: best epoch {metrics.get('best_epoch')}, test mean AUROC {metrics['auroc_mean']:.3f}"
+)
+
+# %% [markdown]
+# ## Learning curves
+#
+# Training loss, validation loss and validation mean AUROC per epoch (`history.csv`).
+# The star marks the epoch of the checkpoint used for all later stages. Losses of
+# different loss functions are on different scales and cannot be compared across runs.
+
+# %%
+history = pd.read_csv(run / "history.csv")
+fig = history_curves(history, title=title)
+
+# %% [markdown]
+# ## Test metrics
+#
+# AUROC, average precision (AP) and mean predicted probability per class on the test
+# split; the performance page shows them as bars.
+
+# %%
+test = pd.DataFrame(performance_rows(metrics, cfg["data"]["task"])).set_index("class")
+test.round(3)
+
+# %% [markdown]
+# ## Summary
+#
+# The model is trained and its best checkpoint is stored in `checkpoints/best.pt`; the
+# test predictions are in `predictions_test.csv` and the metrics in `metrics.json`.
+#
+# ### What's next?
+#
+# The performance page of the same run breaks the test metrics down per class.
