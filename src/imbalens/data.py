@@ -337,18 +337,21 @@ def index_images(root: str | os.PathLike) -> dict[str, Path]:
 
     A name found in two folders keeps the first (``images/`` first, then sorted).
     """
-    root = Path(root)
+    return {name: Path(path) for name, path in _scan_images(Path(root)).items()}
+
+
+def _scan_images(root: Path) -> dict[str, str]:
     folders = [root / "images"]
     folders += sorted(p / "images" for p in root.glob("images_*") if (p / "images").is_dir())
     folders += sorted(p for p in root.glob("images_*") if p.is_dir())
-    found: dict[str, Path] = {}
+    found: dict[str, str] = {}
     for folder in folders:
         if not folder.is_dir():
             continue
         with os.scandir(folder) as it:
             for entry in it:
                 if entry.name.lower().endswith(".png") and entry.is_file():
-                    found.setdefault(entry.name, Path(entry.path))
+                    found.setdefault(entry.name, entry.path)
     return found
 
 
@@ -449,12 +452,12 @@ class NIHDataset(torch.utils.data.Dataset):
     Attributes:
         names: image file names, in item order.
         targets: float32 array ``(N, K)``.
-        paths: image paths.
+        paths: image paths (str).
     """
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[str | os.PathLike],
         targets: np.ndarray,
         image_size: int,
         augment: bool = False,
@@ -463,8 +466,8 @@ class NIHDataset(torch.utils.data.Dataset):
     ) -> None:
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {image_size}")
-        self.paths = [Path(p) for p in paths]
-        self.names = [p.name for p in self.paths]
+        self.paths = [os.fspath(p) for p in paths]
+        self.names = [os.path.basename(p) for p in self.paths]
         self.targets = np.asarray(targets, dtype=np.float32)
         self.image_size = int(image_size)
         self.augment = bool(augment)
@@ -589,10 +592,8 @@ class NIHData:
         boxed = set() if release_boxes is None else set(release_boxes["image"])
         split = table["split"].to_numpy()
         self._split_rows = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
-        test = self._split_rows["test"]
-        self._split_rows["boxed"] = np.array(
-            [i for i in test if table["image"].iat[i] in boxed], dtype=np.int64
-        )
+        has_box = table["image"].isin(boxed).to_numpy()
+        self._split_rows["boxed"] = np.flatnonzero((split == "test") & has_box)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(self._split_rows[s])}" for s in SPLITS)
@@ -754,7 +755,7 @@ def load_nih(
         log.info("%d labelled image(s) are in neither split list; ignored", unlisted)
     table = table[table["split"].notna()].reset_index(drop=True)
 
-    on_disk = index_images(root)
+    on_disk = _scan_images(root)
     absent = [n for n in table["image"] if n not in on_disk]
     if absent:
         if missing == "error":
@@ -771,7 +772,7 @@ def load_nih(
             stacklevel=2,
         )
         table = table[table["image"].isin(on_disk)].reset_index(drop=True)
-    table["path"] = [str(on_disk[n]) for n in table["image"]]
+    table["path"] = [on_disk[n] for n in table["image"]]
 
     is_tv = table["split"].to_numpy() == "train_val"
     val = _val_patients(table.loc[is_tv, "patient"].tolist(), val_fraction, split_seed)
