@@ -42,6 +42,7 @@ mmcls-style losses), everything averaged over batch x classes:
   positive or no negative of class $c$, $w^+_c$ falls back to
   $\\min_k N^-_k / N^+_k$ over all classes of the training set (the code's
   ``min_global_pos_weight``; ``fallback="class"`` uses the class's own $N^-_c/N^+_c$).
+  Under DistributedDataParallel "the batch" is each process's share, as in the code.
 - ``focal``: the paper's weights times ``loss_weight`` = 10.
 - ``cbfocal``: with effective numbers $E = (1-\\beta^N)/(1-\\beta)$ the two weights are
   normalised to sum 1: $w^+ = \\alpha_c (1-p)^\\gamma$, $w^- = (1-\\alpha_c) p^\\gamma$ with
