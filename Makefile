@@ -36,8 +36,13 @@ test: $(STAMP) lint ## lint + the whole test suite (smoke grid, nbval, book buil
 	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
 study: $(STAMP) ## the whole study on the phantom: data, grid params/quick.yaml, the book
-	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens grid $(GRID)
-	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID)
+	@# the grid makes the phantom when absent, resumes where it stopped, and exits non-zero
+	@# when a run failed; the book is built from whatever ran, then the grid's status wins
+	@start=$$(date +%s); \
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens grid $(GRID) $(GRID_ARGS); status=$$?; \
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID) || exit 1; \
+	echo "study: $(GRID) in $$(( $$(date +%s) - start )) s (grid exit status $$status)"; \
+	exit $$status
 
 book: $(STAMP) ## rebuild the book from the runs already executed
 	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imbalens.config import ConfigError, config_hash
+from imbalens.config import ConfigError
 from imbalens.grid import (
     expand,
     format_run_id,
@@ -49,6 +49,9 @@ if "{stage}" == "alignment" and (rd.parent / "interrupt.txt").exists():
 if "{stage}" == "alignment" and (rd.parent / "hang.txt").exists():
     (rd.parent / "started.txt").write_text("yes")
     time.sleep(120)
+if "{stage}" == "train":  # like imbalens.train: rewrite config.yaml with an extra key
+    cfg["train"]["added_by_training"] = True
+    (rd / "config.yaml").write_text(yaml.safe_dump(cfg))
 print("{stage} ok", cfg["loss"]["name"])
 """
 
@@ -235,7 +238,8 @@ def test_failure_isolation_skip_and_config_change(tmp_path: Path, notebooks: Pat
     for stage in ("train", "performance", "alignment"):
         assert (good / f"{stage}.ipynb").is_file()
         m = json.loads(marker_path(good, stage).read_text())
-        assert m["config_hash"] == config_hash(yaml.safe_load((good / "config.yaml").read_text()))
+        assert m["config_hash"] == json.loads((good / "grid-run.json").read_text())["config_hash"]
+    assert yaml.safe_load((good / "config.yaml").read_text())["train"]["added_by_training"]
     assert sorted(calls(g)) == sorted(
         [f"{good.name} train", f"{good.name} performance", f"{good.name} alignment"]
         + [f"{bad.name} train", f"{bad.name} performance"]
@@ -248,11 +252,13 @@ def test_failure_isolation_skip_and_config_change(tmp_path: Path, notebooks: Pat
     assert gj["runs"][0]["stages"]["train"]["seconds"] > 0
     assert rep.pages["data"].status == "absent"
 
-    # second invocation: done stages are skipped; the failed one is retried (and fails again)
+    # second invocation: done stages are skipped (a config.yaml rewritten by a stage is not a
+    # changed config); the failed one is retried (and fails again)
     (g / "calls.txt").unlink()
     rep2 = run_grid(params, out, notebook_dir=notebooks, progress=False)
     assert calls(g) == [f"{bad.name} performance"]
     assert rep2.pages["results"].status == "skipped"  # nothing changed
+    assert not (g / ".stale").exists()
 
     # a changed config re-runs every stage of every run, the old folder moved aside
     (g / "calls.txt").unlink()
@@ -267,6 +273,9 @@ def test_failure_isolation_skip_and_config_change(tmp_path: Path, notebooks: Pat
     assert rep3.ok
     assert calls(g) == [f"{good.name} {s}" for s in ("train", "performance", "alignment")]
     assert yaml.safe_load((good / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert (
+        json.loads((good / "grid-run.json").read_text())["config_hash"] == rep3.runs[0].config_hash
+    )
     stale = list((g / ".stale").iterdir())
     assert len(stale) == 1 and stale[0].name.startswith(good.name)
     assert (stale[0] / "train.ipynb").is_file()

@@ -15,7 +15,8 @@ The axes are expanded as a Cartesian product; each combination is merged onto
 an error naming it. Every run gets a folder ``<out>/<grid>/<run-id>/`` holding the
 resolved ``config.yaml`` and one executed notebook per stage. A stage counts as done
 when its marker ``<stage>.stage.done`` holds the hash of the run's resolved config
-(:func:`imbalens.config.config_hash`); a changed config moves the old folder aside to
+(:func:`imbalens.config.config_hash`, recorded in ``grid-run.json``: stages may add keys
+to ``config.yaml``); a changed config moves the old folder aside to
 ``<out>/<grid>/.stale/`` and re-runs every stage. A failing stage marks its run failed
 and skips that run's later stages; the other runs go on. Notebooks run with the run
 folder as working directory and receive the absolute ``run_dir`` as parameter.
@@ -72,6 +73,7 @@ DEFAULT_RUN_ID = "{model.name}-{loss.name}-{data.task}-s{train.seed}"
 NIH_MINI_DEFAULT = REPO.parent / "shared" / "data" / "nih-mini"
 _TOP_KEYS = {"name", "base", "axes", "run_id", "stages", "phantom", "jobs", "description"}
 _MARKER = "{}.stage.done"
+_RECORD = "grid-run.json"
 
 
 # --------------------------------------------------------------------------- the spec
@@ -335,26 +337,55 @@ def _mark(run_dir: Path, stage: str, chash: str, seconds: float, **extra: Any) -
     atomic_write_text(marker_path(run_dir, stage), json.dumps(payload, indent=1) + "\n")
 
 
+def recorded_hash(run_dir: Path) -> str | None:
+    """The config hash the grid recorded for ``run_dir`` (``grid-run.json``), if any.
+
+    The record, not ``config.yaml``, is compared: stages may rewrite ``config.yaml``
+    (training adds its own defaults), which must not count as a changed config.
+    """
+    try:
+        return json.loads((run_dir / _RECORD).read_text()).get("config_hash")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def prepare_run_dir(run_dir: Path, cfg: Mapping[str, Any], stale_dir: Path) -> None:
-    """Write ``config.yaml``; a folder holding a different config is moved to ``stale_dir``."""
+    """Write ``config.yaml`` and ``grid-run.json`` for a run whose folder is new or stale.
+
+    A folder recorded with another config hash (or, unrecorded, holding a different
+    ``config.yaml``) is moved to ``stale_dir`` first; a folder recorded with the same hash
+    is left as it is.
+    """
     cfg_path = run_dir / "config.yaml"
     chash = config_hash(cfg)
-    if cfg_path.is_file():
-        try:
-            old = config_hash(yaml.safe_load(cfg_path.read_text()) or {})
-        except yaml.YAMLError:
-            old = "unreadable"
-        if old != chash:
+    if run_dir.is_dir():
+        old = recorded_hash(run_dir)
+        if old is None and cfg_path.is_file():
+            try:
+                old = config_hash(yaml.safe_load(cfg_path.read_text()) or {})
+            except yaml.YAMLError:
+                old = "unreadable"
+        if old == chash:
+            if not cfg_path.is_file():
+                dump_config(cfg, cfg_path)
+            if recorded_hash(run_dir) is None:
+                _record(run_dir, chash)
+            return
+        if old is not None:
             stale_dir.mkdir(parents=True, exist_ok=True)
             dest = stale_dir / f"{run_dir.name}-{old}-{int(time.time())}"
             log.warning(
                 "%s: config changed (%s -> %s); old run moved to %s", run_dir.name, old, chash, dest
             )
             shutil.move(str(run_dir), str(dest))
-        else:
-            return
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, cfg_path)
+    _record(run_dir, chash)
+
+
+def _record(run_dir: Path, chash: str) -> None:
+    payload = {"run_id": run_dir.name, "config_hash": chash}
+    atomic_write_text(run_dir / _RECORD, json.dumps(payload, indent=1) + "\n")
 
 
 @contextlib.contextmanager
@@ -433,10 +464,18 @@ def run_stages(
     return result
 
 
+def _quiet_papermill() -> None:
+    """Papermill logs every notebook's paths at INFO; the grid logs one line per stage."""
+    papermill_log = logging.getLogger("papermill")
+    if papermill_log.getEffectiveLevel() > logging.DEBUG:
+        papermill_log.setLevel(logging.WARNING)
+
+
 def _worker_init(level: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    _quiet_papermill()
 
 
 # --------------------------------------------------------------------------- the grid
@@ -737,6 +776,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def cli(args: argparse.Namespace) -> int:
     """Run ``imbalens grid``; exit code 1 when a run or page failed, 130 when interrupted."""
+    _quiet_papermill()
     try:
         report = run_grid(
             args.params,
