@@ -34,7 +34,6 @@ import csv
 import logging
 import math
 import os
-import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -515,25 +514,17 @@ class NIHDataset(torch.utils.data.Dataset):
         """
         if self._cache is None or self._filled is None:
             raise RuntimeError("preload() needs a dataset made with cache=True")
-        todo = [i for i in range(len(self)) if not bool(self._filled[i])]
+        todo = torch.nonzero(~self._filled).flatten().tolist()
         start = time.perf_counter()
         workers = threads or min(8, os.cpu_count() or 1)
-        lock = threading.Lock()
-        done = [0]
-
-        def work(i: int) -> None:
-            self.load_uint8(i)
-            with lock:
-                done[0] += 1
-
         if workers <= 1:
             for i in todo:
-                work(i)
+                self.load_uint8(i)
         else:
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(work, todo))
+                list(pool.map(self.load_uint8, todo))
         seconds = time.perf_counter() - start
-        log.info("decoded %d images in %.1f s", done[0], seconds)
+        log.info("decoded %d images in %.1f s", len(todo), seconds)
         return seconds
 
     def __getitem__(self, index: int) -> dict[str, Any]:
