@@ -131,6 +131,18 @@ def test_hooked_outputs_not_modified_in_place(built: dict[str, nn.Module], name:
     assert float(clones[model.cam_layer].max()) > 0.0
 
 
+def test_sync_batchnorm_conversion_keeps_the_relu() -> None:
+    """DDP's convert_sync_batchnorm swaps BatchNorm modules; norm5 must stay BN + ReLU."""
+    torch.manual_seed(8)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(build_model("t-densenet", 2)).eval()
+    norm5 = model.get_submodule(model.cam_layer)
+    assert isinstance(norm5.bn, nn.SyncBatchNorm) and isinstance(norm5.relu, nn.ReLU)
+    with torch.no_grad():
+        norm5.bn.bias.fill_(-0.5)  # make the ReLU visible
+        _, _, clones = capture(model, [model.cam_layer], torch.randn(1, 3, 32, 32))
+    assert float(clones[model.cam_layer].min()) == 0.0
+
+
 def test_in_place_detector_can_fail(built: dict[str, nn.Module]) -> None:
     """The check above catches a layer whose output a later in-place ReLU overwrites."""
     layer = "features.denseblock2.denselayer1.norm1"  # followed by ReLU(inplace=True)
@@ -213,7 +225,7 @@ def test_imagenet_from_cache_t_densenet(hub: Path) -> None:
     assert torch.equal(own["features.conv0.weight"], state["features.conv0.weight"])
     key = "features.denseblock2.denselayer12.norm2.running_var"
     assert torch.equal(own[key], state["features.denseblock2.denselayer12.norm.2.running_var"])
-    assert torch.equal(own["features.norm5.weight"], torch.ones(512))  # new, not ImageNet's
+    assert torch.equal(own["features.norm5.bn.weight"], torch.ones(512))  # new, not ImageNet's
     assert own["classifier.weight"].shape == (2, 512)
 
 

@@ -49,7 +49,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models import DenseNet121_Weights, ResNet50_Weights
@@ -262,17 +261,19 @@ def _resnet50(num_classes: int, imagenet: bool) -> nn.Module:
     return model
 
 
-class BatchNormReLU2d(nn.BatchNorm2d):
+class BatchNormReLU2d(nn.Sequential):
     """BatchNorm followed by a (not in-place) ReLU, one module as timm's ``BatchNormAct2d``.
 
     $$ y = \\max\\left(0, \\gamma \\frac{x - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta\\right) $$
 
     A single module makes its output (the post-ReLU feature maps) hookable under the
-    official layer name ``norm5``; its state dict keys are those of ``nn.BatchNorm2d``.
+    official layer name ``norm5``. It is a container (children ``bn`` and ``relu``) rather
+    than a ``BatchNorm2d`` subclass so that ``nn.SyncBatchNorm.convert_sync_batchnorm``
+    replaces only the ``bn`` child and keeps the ReLU.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(super().forward(x))
+    def __init__(self, num_features: int) -> None:
+        super().__init__(OrderedDict(bn=nn.BatchNorm2d(num_features), relu=nn.ReLU(inplace=False)))
 
 
 TDENSENET_KEPT = ("conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1", "denseblock2")
