@@ -155,7 +155,7 @@ def test_in_place_detector_can_fail(built: dict[str, nn.Module]) -> None:
 def test_channels_last_and_bf16(built: dict[str, nn.Module], name: str) -> None:
     model = built[name]
     torch.manual_seed(3)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         reference = model(x)
         fast = model.to(memory_format=torch.channels_last)
@@ -172,7 +172,7 @@ def test_channels_last_and_bf16(built: dict[str, nn.Module], name: str) -> None:
 def test_backward_reaches_every_parameter() -> None:
     torch.manual_seed(4)
     model = build_model("t-densenet", 2)
-    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
@@ -248,7 +248,7 @@ def test_local_checkpoint_round_trip(tmp_path: Path) -> None:
     wrapped = tmp_path / "run.pt"  # an imbalens.train checkpoint, saved from DDP
     state = {f"module.{k}": v for k, v in source.state_dict().items()}
     torch.save({"model": state, "epoch": 3}, wrapped)
-    for path in (plain, wrapped, str(plain)):
+    for path in (plain, str(wrapped)):
         loaded = build_model("t-densenet", 3, weights=path)
         for key, value in source.state_dict().items():
             assert torch.equal(loaded.state_dict()[key], value), key

@@ -296,7 +296,9 @@ class TDenseNet(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        densenet = torchvision.models.densenet121(weights=None)
+        # DenseNet121's growth rate and stem with only its first two dense blocks: the
+        # same modules as densenet121() up to denseblock2, without building blocks 3-4.
+        densenet = torchvision.models.DenseNet(32, (6, 12), 64)
         layers = OrderedDict((name, getattr(densenet.features, name)) for name in TDENSENET_KEPT)
         layers["norm5"] = BatchNormReLU2d(512)
         self.features = nn.Sequential(layers)
