@@ -112,11 +112,11 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         dome_top=(0.66 + n(0, 0.015), 0.69 + n(0, 0.015)),
         dome_k=0.13 + n(0, 0.015),
         heart_cx=0.545 + n(0, 0.01),
-        heart_cy=0.61 + n(0, 0.012),
-        heart_rx=0.145 + n(0, 0.008),
-        heart_ry=0.115 + n(0, 0.007),
+        heart_cy=0.635 + n(0, 0.012),
+        heart_rx=0.15 + n(0, 0.02),
+        heart_ry=0.115 + n(0, 0.011),
         heart_angle=math.radians(22 + n(0, 5)),
-        air=0.42 + n(0, 0.03),
+        air=0.42 + n(0, 0.045),
         markings=0.07 + n(0, 0.01),
         rib_y0=0.12 + n(0, 0.01),
         rib_spacing=0.062 + n(0, 0.003),
@@ -263,6 +263,7 @@ def anatomy_density(ctx: Context, texture: np.ndarray) -> np.ndarray:
     near = np.clip(np.rint(t), 0, 5)
     ribs = np.maximum(ribs, 0.5 * _band(np.abs(t - near) * a.rib_spacing * 1.15, a.rib_width * 0.8))
     cage = smooth_inside(np.minimum(ctx.rho[0], ctx.rho[1]) - 1.12, 0.1)
+    cage = cage * smooth_inside(y - max(a.dome_top) - 0.1, 0.08)
     d += 0.085 * ribs * ctx.body * cage
     # clavicles
     clav_t = np.clip((dx - 0.04) / 0.30, 0.0, 1.0)
@@ -402,7 +403,7 @@ def _pneumothorax(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
     )
     line = line * (rho < 1.0)
     k = _strength(rng, d)
-    delta = -a.markings * ctx.markings * rim - 0.06 * k * rim + 0.1 * k * line
+    delta = -a.markings * ctx.markings * rim - 0.1 * k * rim + 0.1 * k * line
     return delta, True
 
 
@@ -477,11 +478,11 @@ LESIONS: dict[str, LesionFn] = {
 
 
 def _enlarge_heart(a: Anatomy, rng: np.random.Generator, d: float) -> Anatomy:
-    s = _scale(rng, d) ** 0.5
+    k = (1.5 - d) * rng.uniform(0.75, 1.25)
     return dataclasses.replace(
         a,
-        heart_rx=a.heart_rx * 1.62 * s,
-        heart_ry=a.heart_ry * 1.38 * s,
+        heart_rx=a.heart_rx * (1 + 0.48 * k),
+        heart_ry=a.heart_ry * (1 + 0.3 * k),
         heart_cx=a.heart_cx + 0.025,
         heart_cy=a.heart_cy + 0.02,
     )
@@ -493,10 +494,10 @@ def _hyperinflate(a: Anatomy, rng: np.random.Generator, d: float) -> Anatomy:
         a,
         lung_ay=a.lung_ay * (1 + 0.06 * k),
         lung_cy=a.lung_cy + 0.025 * k,
-        dome_top=(a.dome_top[0] + 0.07 * k, a.dome_top[1] + 0.07 * k),
+        dome_top=(a.dome_top[0] + 0.05 * k, a.dome_top[1] + 0.05 * k),
         dome_k=a.dome_k * max(0.2, 1 - 0.6 * k),
-        air=a.air * (1 + 0.15 * k),
-        markings=a.markings * max(0.2, 1 - 0.5 * k),
+        air=a.air * (1 + 0.1 * k),
+        markings=a.markings * max(0.2, 1 - 0.4 * k),
         heart_rx=a.heart_rx * 0.88,
     )
 
