@@ -185,8 +185,9 @@ def class_activation_maps(
             f"layer {layer!r} has {feats.shape[1]} channels but head {head!r} takes "
             f"{weight.shape[1]} inputs: CAM needs the layer that feeds the GAP+linear head"
         )
-    cams = torch.einsum("kc,bchw->bkhw", weight, feats.float()).relu_()
-    return norm(cams, tuple(images.shape[-2:]))
+    with torch.autocast(feats.device.type, enabled=False):  # the maps in fp32 always
+        cams = torch.einsum("kc,bchw->bkhw", weight, feats.float()).relu_()
+        return norm(cams, tuple(images.shape[-2:]))
 
 
 class GradCAM:
