@@ -240,3 +240,17 @@ def test_round_trip_through_the_nih_reader(tiny_phantom: Path) -> None:
     labs = entry.set_index("Image Index").loc[names, "Finding Labels"]
     k_inf = data.class_names.index("Infiltration")
     assert t[:, k_inf].sum() == sum("Infiltration" in s.split("|") for s in labs)
+
+
+def test_data_page_prevalence_table(tiny_phantom: Path) -> None:
+    from imbalens.dataviz import prevalence, repo_path
+
+    table = prevalence({"phantom": tiny_phantom})
+    counts = read_manifest(tiny_phantom)["counts"]
+    for label in ("No Finding", "Infiltration", "Hernia"):
+        n = counts["labels_train_val"][label] + counts["labels_test"][label]
+        assert table.loc[label, "phantom"] == pytest.approx(n / 400)
+    assert table.index[0] == NO_FINDING  # sorted by NIH's prevalence
+    assert table.loc["Hernia", "NIH (full)"] == pytest.approx(227 / 112_120)
+    assert repo_path("/abs/x") == Path("/abs/x")
+    assert (repo_path("pyproject.toml")).is_file()
