@@ -51,14 +51,16 @@ top = 5
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Markdown, display
 
-from imbalens.config import load_config
 from imbalens.plots import concept_channels_figure
 from imbalens.results import detectors_by_finding, loss_label, model_label
+from imbalens.train import load_train_config
 
 run = Path(run_dir)
-cfg = load_config(run / "config.yaml")
+cfg = load_train_config(run / "config.yaml")
 title = (
     f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
 )
@@ -67,13 +69,21 @@ concepts = json.loads((run / "concepts.json").read_text())
 # %% [markdown]
 # ## Disjoint and Unique
 #
-# The two normalised counts, with the layer, quantile $q$, threshold mode (`dataset`:
-# the paper; `batch`: the official code), connectivity and normaliser (images or
-# boxes) they were computed with.
+# The two normalised counts of the first analysed layer (the one the results page
+# uses), with the quantile $q$, threshold mode (`dataset`: the paper; `batch`: the
+# official code), connectivity and normaliser (images or boxes) they were computed with.
 
 # %%
 scalars = {k: v for k, v in concepts.items() if not isinstance(v, dict | list)}
 pd.Series(scalars, name=title).to_frame()
+
+# %% [markdown]
+# Every analysed layer (ResNet50: `layer4`, the paper's choice of last feature maps,
+# and `layer3`, the official code's):
+
+# %%
+layers = pd.DataFrame(concepts.get("layers", {concepts.get("layer"): concepts})).T
+layers[[c for c in ("disjoint", "unique", "q", "n_detector_channels", "n_channels") if c in layers]]
 
 # %% [markdown]
 # ## Counts per finding
@@ -95,10 +105,14 @@ per_finding.round(2) if len(per_finding) else "no per-finding counts in concepts
 
 # %%
 channels = pd.read_csv(run / "concepts_channels.csv")
-detectors_by_finding(channels, top=top).set_index("finding")
-
-# %%
-fig = concept_channels_figure(channels, title=title)
+if "layer" not in channels:
+    channels["layer"] = concepts.get("layer", "?")
+for layer, part in channels.groupby("layer", sort=False):
+    display(Markdown(f"**Layer `{layer}`**: {len(part)} channels"))
+    display(detectors_by_finding(part, top=top).set_index("finding"))
+    fig = concept_channels_figure(part, title=f"{title}, layer {layer}")
+    display(fig)
+    plt.close(fig)
 
 # %% [markdown]
 # ## Summary

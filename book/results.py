@@ -56,14 +56,16 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from imbalens.claims import evaluate_claims, verdict_text
+from imbalens.claims import claims_view, evaluate_claims, style_claims
 from imbalens.plots import comparison_bars, figure1, figure2
 from imbalens.results import (
+    METRIC_LABELS,
     TASK_LABELS,
     cam_samples,
     design_gaps,
     grid_label,
     load_grid,
+    loss_label,
     loss_table,
     model_label,
     paper_numbers,
@@ -77,7 +79,9 @@ table = loss_table(results)
 
 def show(frame: pd.DataFrame, digits: int = 4):
     """Render a table with NaN as an em dash (a loss or stage absent from this grid)."""
-    return frame.style.format(precision=digits, na_rep="—")
+    return frame.style.format(precision=digits, na_rep="—").set_table_styles(
+        [{"selector": "td, th", "props": "padding: 2px 8px;"}]
+    )
 
 
 # %% [markdown]
@@ -86,7 +90,7 @@ def show(frame: pd.DataFrame, digits: int = 4):
 # One row per run: model, loss, task, seed and how far it got (`analysed`: all stages;
 # `trained`: no analysis yet; `failed`: a stage raised, see the grid's report).
 
-# %%
+# %% tags=["hide-input"]
 params_text = Path(params_path).read_text() if params_path and Path(params_path).is_file() else ""
 display(Markdown(f"Grid folder `{results.grid_dir}`; our numbers are labelled **{ours}**."))
 if params_text:
@@ -97,7 +101,7 @@ results.runs.drop(columns="path").set_index("run_id")
 # What this grid lacks compared with the paper's design (4 losses x 2 models x 2 tasks);
 # every table and figure below shows only what is there.
 
-# %%
+# %% tags=["hide-input"]
 gaps = design_gaps(results) + results.problems
 display(Markdown("\n".join(f"- {g}" for g in gaps) if gaps else "The grid is complete."))
 
@@ -108,10 +112,10 @@ display(Markdown("\n".join(f"- {g}" for g in gaps) if gaps else "The grid is com
 # ChestX-ray14); right: this grid (seed mean where there are several seeds). Only the
 # (task, model) pairs this grid has are shown; a missing loss shows as —.
 
-# %%
-show(side_by_side(table, ("iobb", "ior"), ours))
+# %% tags=["hide-input"]
+show(side_by_side(table, ("iobb", "ior"), ours, digits=3), digits=3)
 
-# %%
+# %% tags=["hide-input"]
 if table[["iobb", "ior"]].notna().any().any():
     fig = comparison_bars(table, ["iobb", "ior"], title=f"IoBB and IoR, {ours}")
 
@@ -122,10 +126,10 @@ if table[["iobb", "ior"]].notna().any().any():
 # (ResNet50) channels; ours come from a different data set, image size and training
 # length, so compare the *ordering* across losses, not the magnitudes.
 
-# %%
+# %% tags=["hide-input"]
 show(side_by_side(table, ("disjoint", "unique"), ours, digits=2), digits=2)
 
-# %%
+# %% tags=["hide-input"]
 if table[["disjoint", "unique"]].notna().any().any():
     fig = comparison_bars(table, ["disjoint", "unique"], title=f"Concept counts, {ours}")
 
@@ -136,7 +140,7 @@ if table[["disjoint", "unique"]].notna().any().any():
 # input with its box, then the CAM of that finding's output (binary: the single output)
 # for each loss, box outlined. One figure per (model, task) of the grid.
 
-# %%
+# %% tags=["hide-input"]
 for task in results.tasks:
     for model in results.models:
         runs = results.run_dirs(model, task)
@@ -145,7 +149,11 @@ for task in results.tasks:
         if not trained:
             display(Markdown(f"*{label}: no trained checkpoint, no Figure 1.*"))
             continue
-        samples = cam_samples(trained, which=which)
+        try:
+            samples = cam_samples(trained, which=which)
+        except (OSError, RuntimeError, KeyError, ValueError) as err:
+            display(Markdown(f"*{label}: Figure 1 could not be drawn: `{err}`*"))
+            continue
         if samples:
             fig = figure1(samples, title=f"Figure 1 ({label}): CAMs with boxes, {ours}")
             display(fig)
@@ -158,7 +166,7 @@ for task in results.tasks:
 # binary), bars per loss; error bars are the standard deviation over seeds when the
 # grid has several.
 
-# %%
+# %% tags=["hide-input"]
 for task in results.tasks:
     for model in results.models:
         perf = results.performance
@@ -173,8 +181,13 @@ for task in results.tasks:
 # %% [markdown]
 # The summary numbers the claims use (seed means):
 
-# %%
-show(table.set_index(["task", "model", "loss"]), digits=3)
+# %% tags=["hide-input"]
+summary = table.assign(
+    task=table["task"].map(lambda t: TASK_LABELS.get(t, t)),
+    model=table["model"].map(model_label),
+    loss=table["loss"].map(loss_label),
+).rename(columns=METRIC_LABELS)
+show(summary.set_index(["task", "model", "loss"]), digits=3)
 
 # %% [markdown]
 # ## Do the paper's claims hold here?
@@ -185,26 +198,15 @@ show(table.set_index(["task", "model", "loss"]), digits=3)
 # gives the numbers. The paper's verdict applies the same rule to its own Tables 1
 # and 2; claims 1 and 2 are shown in the paper only as bar charts (its Figure 2).
 
-# %%
+# %% tags=["hide-input"]
 claims = evaluate_claims(results, tolerance=tolerance)
-view = pd.DataFrame(
-    {
-        "task": claims["task"].map(lambda t: TASK_LABELS.get(t, t)),
-        "model": claims["model"].map(model_label),
-        "claim": claims["statement"],
-        "this grid": claims["holds"].map(verdict_text),
-        "evidence (this grid)": claims["evidence"],
-        "paper": claims["paper_holds"].map(verdict_text),
-        "evidence (paper)": claims["paper_evidence"],
-    }
-)
 display(
     Markdown(
         f"Tolerance for claim 1: {tolerance:g}. Source of the paper's numbers: "
         f"{paper_numbers()['source']}"
     )
 )
-view.set_index(["task", "model", "claim"])
+style_claims(claims_view(claims))
 
 # %% [markdown]
 # ## Summary

@@ -132,3 +132,15 @@ def test_verdict_text() -> None:
     assert verdict_text(True) == "holds"
     assert verdict_text(False) == "does not hold"
     assert verdict_text(None) == "no data"
+
+
+def test_claims_view_labels_and_styles() -> None:
+    from imbalens.claims import VERDICT_COLOURS, claims_view, style_claims
+
+    view = claims_view(evaluate_claims(grid_results([0.1, 0.2], [0.2, 0.3], [0.3, 0.2])))
+    assert view.index.names == ["task", "model", "claim"]
+    assert view.index[0][:2] == ("multi-label", "T-DenseNet")
+    assert view["this grid"].tolist() == ["holds", "holds", "holds", "no data"]
+    assert view["paper"].tolist() == ["not in a table", "not in a table", "does not hold", "holds"]
+    html = style_claims(view).to_html()
+    assert VERDICT_COLOURS["holds"] in html and VERDICT_COLOURS["no data"] in html

@@ -162,6 +162,9 @@ def test_run_level_plots() -> None:
     )
     fig = alignment_bars(summary)
     assert len(bars(fig.axes[0])) == 4
+    assert fig.axes[0].get_ylim()[1] == pytest.approx(0.3 * 1.15)  # 15 % above the top bar
+    fig = alignment_bars(summary.assign(iobb_std=[0.5, 0.1], ior_std=[0.0, 0.0]))
+    assert fig.axes[0].get_ylim()[1] == pytest.approx(0.92)  # includes the error bar
 
 
 def test_comparison_bars() -> None:

@@ -159,12 +159,12 @@ def test_side_by_side_keeps_present_settings_and_marks_missing_losses(tmp_path: 
     ours = loss_table(load_grid(tmp_path))
     wide = side_by_side(ours, ("iobb", "ior"), "ours")
     assert list(wide.index) == [
-        ("multi-label", "ResNet50", "iobb"),
-        ("multi-label", "ResNet50", "ior"),
+        ("multi-label", "ResNet50", "IoBB"),
+        ("multi-label", "ResNet50", "IoR"),
     ]
-    assert wide.loc[("multi-label", "ResNet50", "iobb"), ("paper", "BCE")] == 0.27
-    assert wide.loc[("multi-label", "ResNet50", "iobb"), ("ours", "Focal")] == 0.45
-    assert math.isnan(wide.loc[("multi-label", "ResNet50", "iobb"), ("ours", "WBCE")])
+    assert wide.loc[("multi-label", "ResNet50", "IoBB"), ("paper", "BCE")] == 0.27
+    assert wide.loc[("multi-label", "ResNet50", "IoBB"), ("ours", "Focal")] == 0.45
+    assert math.isnan(wide.loc[("multi-label", "ResNet50", "IoBB"), ("ours", "WBCE")])
     assert wide.shape[1] == 8
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -219,3 +220,49 @@ def verdict_text(holds: bool | None) -> str:
     if holds is None or (isinstance(holds, float) and math.isnan(holds)):
         return "no data"
     return "holds" if holds else "does not hold"
+
+
+VERDICT_COLOURS: dict[str, str] = {
+    "holds": "#cde6f5",  # light Okabe-Ito blue
+    "does not hold": "#fbe0c2",  # light Okabe-Ito orange
+    "no data": "#ececec",
+    "not in a table": "#ececec",
+}
+"""Background of a verdict cell in the book (the text says it too)."""
+
+
+def claims_view(claims: pd.DataFrame) -> pd.DataFrame:
+    """:func:`evaluate_claims`'s frame with display labels, indexed (task, model, claim).
+
+    Columns: this grid, evidence (this grid), paper, evidence (paper); verdicts are
+    :func:`verdict_text` strings.
+    """
+    from imbalens.results import TASK_LABELS, model_label
+
+    view = pd.DataFrame(
+        {
+            "task": claims["task"].map(lambda t: TASK_LABELS.get(t, t)),
+            "model": claims["model"].map(model_label),
+            "claim": claims["statement"],
+            "this grid": claims["holds"].map(verdict_text),
+            "evidence (this grid)": claims["evidence"],
+            "paper": [
+                "not in a table" if claim not in PAPER_TABULATED else verdict_text(h)
+                for claim, h in zip(claims["claim"], claims["paper_holds"], strict=True)
+            ],
+            "evidence (paper)": claims["paper_evidence"],
+        }
+    )
+    return view.set_index(["task", "model", "claim"])
+
+
+def style_claims(view: pd.DataFrame) -> Any:
+    """A pandas ``Styler`` of :func:`claims_view`: coloured verdicts, full evidence text."""
+    return (
+        view.style.map(
+            lambda v: f"background-color: {VERDICT_COLOURS[v]}" if v in VERDICT_COLOURS else "",
+            subset=["this grid", "paper"],
+        )
+        .set_properties(**{"text-align": "left", "vertical-align": "top"})
+        .set_table_styles([{"selector": "td, th", "props": "padding: 3px 8px;"}])
+    )

@@ -18,9 +18,11 @@ from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from imbalens.results import (
     LOSS_ORDER,
+    METRIC_LABELS,
     TASK_LABELS,
     CamSample,
     loss_label,
@@ -37,13 +39,6 @@ LOSS_COLORS: dict[str, str] = {
 """Okabe-Ito colours per loss, fixed across every figure of the book."""
 BOX_COLOR = "#56B4E9"  # Okabe-Ito sky blue
 CAM_CMAP = "inferno"
-METRIC_LABELS: dict[str, str] = {
-    "auroc": "AUROC",
-    "ap": "AP",
-    "mean_prob": "mean predicted probability",
-    "iobb": "IoBB",
-    "ior": "IoR",
-}
 
 _OUTLINE = [patheffects.withStroke(linewidth=3.5, foreground="black")]
 
@@ -358,6 +353,7 @@ def history_curves(history: pd.DataFrame, title: str | None = None) -> Figure:
     right.set_title("validation mean AUROC")
     for ax in (left, right):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     return fig
@@ -366,34 +362,37 @@ def history_curves(history: pd.DataFrame, title: str | None = None) -> Figure:
 def alignment_bars(summary: pd.DataFrame, title: str | None = None) -> Figure:
     """Soft IoBB and IoR by finding (and "all") of one run, side by side.
 
-    ``summary`` has columns finding, iobb, ior (``iobb_mean``/``ior_mean`` accepted).
+    ``summary`` has columns finding, iobb, ior (``iobb_mean``/``ior_mean`` accepted; with
+    ``iobb_std``/``ior_std`` error bars show the standard deviation over maps). The y
+    axis ends a little above the largest bar (at most 1).
     """
     frame = summary.rename(columns={"iobb_mean": "iobb", "ior_mean": "ior"})
     if {"finding", "iobb", "ior"} - set(frame.columns):
         raise ValueError("alignment_bars needs columns finding, iobb, ior")
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(frame) + 1), 3.4), layout="constrained")
     x = np.arange(len(frame))
-    ax.bar(
-        x - 0.2,
-        frame["iobb"],
-        0.4,
-        label="IoBB (box covered)",
-        color="#0072B2",
-        edgecolor="black",
-        linewidth=0.4,
-    )
-    ax.bar(
-        x + 0.2,
-        frame["ior"],
-        0.4,
-        label="IoR (saliency inside)",
-        color="#E69F00",
-        edgecolor="black",
-        linewidth=0.4,
-    )
+    top = 0.0
+    for offset, col, label, colour in (
+        (-0.2, "iobb", "IoBB (box covered)", "#0072B2"),
+        (0.2, "ior", "IoR (saliency inside)", "#E69F00"),
+    ):
+        err = frame[f"{col}_std"].fillna(0) if f"{col}_std" in frame else None
+        ax.bar(
+            x + offset,
+            frame[col],
+            0.4,
+            yerr=err,
+            label=label,
+            color=colour,
+            edgecolor="black",
+            linewidth=0.4,
+            capsize=2,
+            error_kw={"linewidth": 0.8},
+        )
+        top = max(top, float(np.nanmax(frame[col] + (err if err is not None else 0))))
     ax.set_xticks(x, frame["finding"], rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("soft overlap")
+    ax.set_ylim(0, min(1.0, max(0.05, 1.15 * top)))
+    ax.set_ylabel("soft overlap (mean over maps)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -431,7 +430,7 @@ def comparison_bars(
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("center")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
     if title:
         fig.suptitle(title)
     return fig

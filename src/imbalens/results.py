@@ -43,6 +43,15 @@ MODEL_ORDER: tuple[str, ...] = ("t-densenet", "resnet50")
 MODEL_LABELS: dict[str, str] = {"t-densenet": "T-DenseNet", "resnet50": "ResNet50"}
 TASK_ORDER: tuple[str, ...] = ("multilabel", "binary")
 TASK_LABELS: dict[str, str] = {"multilabel": "multi-label", "binary": "binary"}
+METRIC_LABELS: dict[str, str] = {
+    "auroc": "AUROC",
+    "ap": "AP",
+    "mean_prob": "mean predicted probability",
+    "iobb": "IoBB",
+    "ior": "IoR",
+    "disjoint": "Disjoint",
+    "unique": "Unique",
+}
 AVERAGE = "Average"
 """Name of the class-average row added to a multi-label run's performance."""
 
@@ -384,6 +393,7 @@ def side_by_side(
     long["loss"] = long["loss"].map(loss_label)
     long["model"] = long["model"].map(model_label)
     long["task"] = long["task"].map(lambda t: TASK_LABELS.get(t, t))
+    long["metric"] = long["metric"].map(lambda m: METRIC_LABELS.get(m, m))
     wide = long.pivot_table(
         index=["task", "model", "metric"], columns=["source", "loss"], values="value", dropna=False
     )
@@ -396,7 +406,7 @@ def side_by_side(
             [MODEL_LABELS[m] for m in MODEL_ORDER].index(r[1])
             if r[1] in MODEL_LABELS.values()
             else 9,
-            list(metrics).index(r[2]),
+            [METRIC_LABELS.get(m, m) for m in metrics].index(r[2]),
         ),
     )
     return wide.reindex(row_order).round(digits)
@@ -495,9 +505,10 @@ def cam_samples(
     )
     size = int(d["image_size"])
     dataset = data.dataset("boxed", size)
-    picked = pick_boxed_images(data.boxes(size), list(findings or BOXED_FINDINGS))
     position = {name: i for i, name in enumerate(dataset.names)}
-    picked = {f: n for f, n in picked.items() if n in position}
+    boxes = data.boxes(size)
+    boxes = boxes[boxes["image"].isin(position)]  # boxed *test* images only
+    picked = pick_boxed_images(boxes, list(findings or BOXED_FINDINGS))
     items = [dataset[position[name]] for name in picked.values()]
     if not items:
         log.warning("no boxed test images in %s", d["root"])

@@ -1,0 +1,113 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Feature alignment of one run: CAM versus boxes
+
+# %% tags=["parameters"]
+# the run folder (papermill injects the absolute path)
+run_dir = "runs/example/t-densenet-bce-multilabel-s0"
+# checkpoint whose CAMs are shown: best | last
+which = "best"
+
+# %% [markdown]
+# ## Overview
+#
+# Does the model look at the lesion? For every test image with a box and every boxed
+# finding, the class activation map (CAM) of that finding's output (binary task: the
+# single *Unhealthy* output) is compared with the box mask $M$ by two soft overlaps,
+#
+# $$ \mathrm{IoBB} = \frac{\sum \mathrm{CAM}\cdot M}{\sum M}, \qquad
+#    \mathrm{IoR} = \frac{\sum \mathrm{CAM}\cdot M}{\sum \mathrm{CAM}}. $$
+#
+# IoBB is the share of the box that is salient (recall-like), IoR the share of the
+# saliency that lies in the box (precision-like). The paper's Table 1 reports their mean
+# over all maps.
+#
+# 1. Computing the maps and overlaps (`imbalens.analyse.analyse_run`)
+# 2. One example per finding, box outlined
+# 3. IoBB and IoR by finding
+#
+# ## Prerequisites
+#
+# | Concept | Importance | Notes |
+# | --- | --- | --- |
+# | The Methods page | Necessary | CAM, IoBB, IoR |
+# | Zhou et al. (2016), CAM | Helpful | |
+#
+# - **Time to learn**: 10 minutes
+#
+# ## Imports
+
+# %%
+# %matplotlib inline
+from pathlib import Path
+
+import pandas as pd
+
+from imbalens.analyse import analyse_run
+from imbalens.plots import alignment_bars, cam_gallery
+from imbalens.results import cam_samples, loss_label, model_label
+from imbalens.train import load_train_config
+
+run = Path(run_dir)
+cfg = load_train_config(run / "config.yaml")
+loss = cfg["loss"]["name"]
+title = f"{model_label(cfg['model']['name'])}, {loss_label(loss)}, {cfg['data']['task']}"
+
+# %% [markdown]
+# ## Computing the analysis
+#
+# `analyse_run` computes the CAMs and overlaps of every boxed test image
+# (`alignment.csv`, `alignment_summary.csv`) and the concept counts of the next page
+# (`concepts.json`, `concepts_channels.csv`); it does nothing when `analysis.done`
+# exists.
+
+# %%
+analysis = analyse_run(run)
+
+# %% [markdown]
+# ## Examples
+#
+# For each boxed finding, the first test image (by file name) that has a box of it;
+# the CAM of that finding's output is drawn in the colour map *inferno* over the
+# image, and the box (the union of the finding's boxes) is outlined in blue. Bright
+# inside the outline means high IoBB; dark outside means high IoR.
+
+# %%
+samples = cam_samples({loss: run}, which=which)
+if samples:
+    fig = cam_gallery(samples, loss, title=f"CAMs of {title}")
+else:
+    print("no boxed test images in this data set")
+
+# %% [markdown]
+# ## IoBB and IoR by finding
+#
+# Mean, standard deviation and number of maps per finding; the *all* row, the mean over
+# every map, is the number the paper's Table 1 reports.
+
+# %%
+summary = pd.read_csv(run / "alignment_summary.csv")
+summary.set_index("finding").round(3)
+
+# %%
+fig = alignment_bars(summary, title=title)
+
+# %% [markdown]
+# ## Summary
+#
+# The CAMs and the overlaps with the boxes show where this run's model looks. Alone
+# they say little; the results page compares them across the four losses, beside the
+# paper's Table 1.
+#
+# ### What's next?
+#
+# The concepts page counts the individual feature maps that fire inside the boxes.
