@@ -14,12 +14,19 @@ Modes:
   official code; its memory scales with the batch size, not with N).
 
     .venv/bin/python benchmarks/dissect_memory.py
+
+Allocator: by default each worker runs with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc),
+which fixes the size above which allocations are mmapped and returned to the system on
+free. With glibc's default *dynamic* threshold, freed batch-sized buffers are recycled
+through the heap and fragmentation makes the peak RSS creep up with the number of
+batches although nothing is kept (``--glibc-default`` to see this).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -80,6 +87,7 @@ def worker(mode: str, shape: str, n: int, batch: int) -> dict[str, object]:
         "tracemalloc_peak_mb": round(traced / 2**20, 1),
         "activations_mb": round(n * 4 * __import__("math").prod(SHAPES[shape]) / 2**20, 1),
         "seconds": round(seconds, 1),
+        "glibc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "dynamic"),
         "disjoint": round(res.disjoint, 2),
     }
 
@@ -92,6 +100,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batch-official", type=int, default=4)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    parser.add_argument("--modes", nargs="+", default=["hist", "exact", "official"])
+    parser.add_argument("--glibc-default", action="store_true", help="dynamic mmap threshold")
     args = parser.parse_args()
     if args.worker:
         mode, shape, n, batch = args.worker
@@ -100,9 +110,13 @@ def main() -> None:
     for shape in args.shapes:
         settings = [(m, n, args.batch) for m in ("hist", "exact") for n in args.n]
         settings += [("official", n, args.batch_official) for n in args.n_official]
+        settings = [s for s in settings if s[0] in args.modes]
         for mode, n, batch in settings:
             cmd = [sys.executable, __file__, "--worker", mode, shape, str(n), str(batch)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            env = dict(os.environ)
+            if not args.glibc_default:
+                env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             print(out.stdout.strip(), flush=True)
 
 

@@ -632,6 +632,7 @@ def dissect_model(
             raise ValueError("pass layer= or give the model a dissect_layers attribute")
         layer = layers[0]
     q = default_q(model) if q is None else q
+    cache = cache and kw.get("threshold", "dataset") == "dataset"  # batch mode: one pass
     stream = ActivationStream(model, boxed_dataset, layer, batch_size, device, autocast, cache)
     try:
         result = count_concepts(stream, q, **kw)
