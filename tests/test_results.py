@@ -179,3 +179,23 @@ def test_pick_boxed_images_prefers_distinct_images() -> None:
         "Mass": "a.png",
         "Nodule": "c.png",
     }
+
+
+def test_empty_and_partial_grids_do_not_crash(tmp_path: Path) -> None:
+    from imbalens.claims import evaluate_claims
+    from imbalens.results import design_gaps
+
+    empty = load_grid(tmp_path)
+    assert loss_table(empty).empty
+    assert side_by_side(loss_table(empty), ("iobb", "ior"), "ours").empty
+    assert evaluate_claims(empty).empty
+    assert design_gaps(empty) == [
+        f"no runs in {tmp_path} yet: run `imbalens grid` with its params file"
+    ]
+    write_run(tmp_path / "g", "resnet50", "bce", iobb=None, disjoint=None)
+    partial = load_grid(tmp_path / "g")
+    gaps = design_gaps(partial)
+    assert "losses not in this grid: WBCE, Focal, CB-Focal" in gaps
+    assert "runs without analysis results: resnet50-bce-multilabel-s0" in gaps
+    claims = evaluate_claims(partial)
+    assert claims["holds"].isna().all()  # BCE alone: nothing to compare

@@ -574,6 +574,8 @@ def design_gaps(results: GridResults) -> list[str]:
 
     Also names runs without analysis results. An empty list means the grid is complete.
     """
+    if results.runs.empty:
+        return [f"no runs in {results.grid_dir} yet: run `imbalens grid` with its params file"]
     notes = []
     for what, present, full, label in (
         ("losses", results.losses, LOSS_ORDER, loss_label),
