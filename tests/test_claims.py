@@ -144,3 +144,10 @@ def test_claims_view_labels_and_styles() -> None:
     assert view["paper"].tolist() == ["not in a table", "not in a table", "does not hold", "holds"]
     html = style_claims(view).to_html()
     assert VERDICT_COLOURS["holds"] in html and VERDICT_COLOURS["no data"] in html
+
+
+def test_evidence_shows_seed_spread() -> None:
+    frame = table(mean_prob=[0.10, 0.30])
+    frame["mean_prob_sd"] = [0.01, np.nan]
+    _, evidence = verdict(frame, "probability_up")
+    assert "BCE 0.100±0.01" in evidence and "WBCE 0.300 (+0.2)" in evidence

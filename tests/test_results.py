@@ -103,6 +103,8 @@ def test_loss_table_averages_seeds_and_uses_summary_row(tmp_path: Path) -> None:
     assert row["n_seeds"] == 2
     assert row["auroc"] == pytest.approx((0.8 + 0.6) / 2)  # mean of the two Average rows
     assert row["iobb"] == pytest.approx(0.3)  # the "all" row, not Mass
+    assert row["iobb_sd"] == pytest.approx(0.1 * 2**0.5)  # sd of 0.2 and 0.4 (ddof 1)
+    assert row["disjoint_sd"] == 0.0  # both seeds wrote 2.0
     assert row["disjoint"] == 2.0
 
 

@@ -11,7 +11,8 @@ Khakzar, Li et al. (2022) claim that, compared with plain BCE, the cost-sensitiv
 4. ``concepts_up``: raise the normalised concept counts, Disjoint and Unique.
 
 A claim *holds* for a (model, task) when it holds for every weighted loss present in the
-grid; the evidence string gives every number and how many of the weighted losses agree.
+grid; the evidence string gives every number (mean ± sd over seeds when the grid has
+several) and how many of the weighted losses agree.
 When BCE or every weighted loss is missing, or a stage has not run, the verdict is
 ``None`` and the evidence says what is missing. The same rules are applied to the
 paper's Tables 1 and 2 (:func:`imbalens.results.paper_loss_table`) to give the paper's own
@@ -53,6 +54,15 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if abs(x) >= 10 else f"{x:.3f}"
 
 
+def _value(sub: pd.DataFrame, loss: str, col: str) -> str:
+    """``0.300`` or, with several seeds, ``0.300±0.012`` (mean ± sd over seeds)."""
+    text = _fmt(float(sub.at[loss, col]))
+    sd_col = f"{col}_sd"
+    if sd_col in sub.columns and pd.notna(sub.at[loss, sd_col]):
+        text += f"±{float(sub.at[loss, sd_col]):.2g}"
+    return text
+
+
 def _present(sub: pd.DataFrame, cols: tuple[str, ...]) -> tuple[float | None, list[str], str]:
     """BCE's row and the weighted losses that have all ``cols``; or a reason why not."""
     ok = sub.dropna(subset=list(cols))
@@ -79,10 +89,10 @@ def _direction(sub: pd.DataFrame, cols_signs: tuple[tuple[str, int], ...]) -> Ve
     parts, agree = [], 0
     for col, _ in cols_signs:
         bce = float(sub.at["bce", col])
-        items = [f"BCE {_fmt(bce)}"]
+        items = [f"BCE {_value(sub, 'bce', col)}"]
         for loss in weighted:
             v = float(sub.at[loss, col])
-            items.append(f"{loss_label(loss)} {_fmt(v)} ({v - bce:+.3g})")
+            items.append(f"{loss_label(loss)} {_value(sub, loss, col)} ({v - bce:+.3g})")
         parts.append(f"{col}: " + ", ".join(items))
     for loss in weighted:
         agree += all(
@@ -103,11 +113,11 @@ def _performance_equal(sub: pd.DataFrame, tolerance: float) -> Verdict:
     parts, worst = [], 0.0
     for col in ("auroc", "ap"):
         bce = float(sub.at["bce", col])
-        items = [f"BCE {_fmt(bce)}"]
+        items = [f"BCE {_value(sub, 'bce', col)}"]
         for loss in weighted:
             v = float(sub.at[loss, col])
             worst = max(worst, abs(v - bce))
-            items.append(f"{loss_label(loss)} {_fmt(v)} ({v - bce:+.3f})")
+            items.append(f"{loss_label(loss)} {_value(sub, loss, col)} ({v - bce:+.3f})")
         parts.append(f"{col}: " + ", ".join(items))
     holds = worst <= tolerance
     sign = "<=" if holds else ">"

@@ -311,20 +311,26 @@ def loss_table(results: GridResults) -> pd.DataFrame:
     """One row per (model, task, loss): the numbers the claims compare, seed-averaged.
 
     Columns: model, task, loss, n_seeds, auroc, ap, mean_prob (the :func:`summary_class`
-    row), iobb, ior (finding ``"all"``), disjoint, unique. Absent stages give NaN.
+    row), iobb, ior (finding ``"all"``), disjoint, unique (means over seeds), and for each
+    of these ``<metric>_sd``, the sample standard deviation over seeds (NaN with one
+    seed). Absent stages give NaN.
     """
     keys = ["model", "task", "loss"]
     base = results.runs.groupby(keys, as_index=False).agg(n_seeds=("seed", "nunique"))
     perf = results.performance
     perf = perf[perf["class"] == perf["task"].map(summary_class)]
-    parts = [
-        perf.groupby(keys, as_index=False)[["auroc", "ap", "mean_prob"]].mean(),
-        results.alignment[results.alignment["finding"] == "all"]
-        .groupby(keys, as_index=False)[["iobb", "ior"]]
-        .mean(),
-        results.concepts.groupby(keys, as_index=False)[["disjoint", "unique"]].mean(),
-    ]
-    for part in parts:
+    align = results.alignment[results.alignment["finding"] == "all"]
+    sources = (
+        (perf, ["auroc", "ap", "mean_prob"]),
+        (align, ["iobb", "ior"]),
+        (results.concepts, ["disjoint", "unique"]),
+    )
+    sds = []
+    for frame, cols in sources:
+        grouped = frame.groupby(keys, as_index=False)[cols]
+        base = base.merge(grouped.mean(), on=keys, how="left")
+        sds.append(grouped.std().rename(columns={c: f"{c}_sd" for c in cols}))
+    for part in sds:
         base = base.merge(part, on=keys, how="left")
     return _sort(base)
 
