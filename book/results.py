@@ -179,14 +179,20 @@ for task in results.tasks:
         plt.close(fig)
 
 # %% [markdown]
-# The summary numbers the claims use (seed means):
+# The summary numbers the claims use: means over seeds, and their standard deviation
+# (sd) when the grid has several seeds.
 
 # %% tags=["hide-input"]
-summary = table.assign(
-    task=table["task"].map(lambda t: TASK_LABELS.get(t, t)),
-    model=table["model"].map(model_label),
-    loss=table["loss"].map(loss_label),
-).rename(columns=METRIC_LABELS)
+single_seed = [c for c in table if c.endswith("_sd") and table[c].isna().all()]
+summary = (
+    table.drop(columns=single_seed)
+    .assign(
+        task=table["task"].map(lambda t: TASK_LABELS.get(t, t)),
+        model=table["model"].map(model_label),
+        loss=table["loss"].map(loss_label),
+    )
+    .rename(columns=METRIC_LABELS | {f"{k}_sd": f"{v} (sd)" for k, v in METRIC_LABELS.items()})
+)
 show(summary.set_index(["task", "model", "loss"]), digits=3)
 
 # %% [markdown]
