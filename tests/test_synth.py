@@ -21,6 +21,7 @@ from imbalens.phantom_anatomy import render, support_box
 from imbalens.synth import (
     MIN_POSITIVES_PER_SPLIT,
     _solve_z,
+    code_digest,
     generate,
     label_probabilities,
     read_manifest,
@@ -195,6 +196,12 @@ def test_interrupted_run_is_regenerated(tmp_path: Path) -> None:
     (out / "images" / "00000001_000.png").write_bytes(b"junk")
     generate(out, n_images=20, size=32, seed=1, workers=1)
     assert (out / "images" / "00000001_000.png").read_bytes() == b"junk"
+    # a phantom made by other code (digest differs) is rewritten
+    manifest = (out / "phantom.json").read_text()
+    (out / "phantom.json").write_text(manifest.replace(code_digest(), "0" * 16))
+    generate(out, n_images=20, size=32, seed=1, workers=1)
+    assert _digest(out) == before
+    (out / "images" / "00000001_000.png").write_bytes(b"junk")
     # without its manifest it counts as interrupted and is rewritten
     (out / "phantom.json").unlink()
     (out / "images" / "99999999_000.png").write_bytes(b"stale")

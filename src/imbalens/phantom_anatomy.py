@@ -161,8 +161,9 @@ class Context:
         r = _rho(a, side, np.array(x), np.array(y))
         e = self.edge
         v = smooth_inside((r - 1.0) * a.lung_ax[side], e) * smooth_inside(y - self.dome(side, x), e)
-        h = _heart(a, np.array(x), np.array(y), e)
-        return float(v * (1.0 - h))
+        h = _heart(a, np.array(x), np.array(y), 2 * e)
+        below = _under_heart(a, np.array(x), np.array(y), e)
+        return float(v * (1.0 - h) * (1.0 - below))
 
     def sample_in_lung(
         self, rng: np.random.Generator, side: int, margin: float, y_range: tuple[float, float]
@@ -197,6 +198,13 @@ def _heart(a: Anatomy, x: np.ndarray, y: np.ndarray, edge: float) -> np.ndarray:
     return smooth_inside((r - 1.0) * min(a.heart_rx, a.heart_ry), edge)
 
 
+def _under_heart(a: Anatomy, x: np.ndarray, y: np.ndarray, edge: float) -> np.ndarray:
+    """Soft mask of the region below the heart's centre and within its width: the heart
+    rests on the diaphragm there, so no lung shows between them."""
+    sd = np.maximum(a.heart_cy - y, np.abs(x - a.heart_cx) - 0.9 * a.heart_rx)
+    return smooth_inside(sd, edge)
+
+
 def _band(dist: np.ndarray, width: float) -> np.ndarray:
     """Bone-like band profile: 1 at the centre line, 0 beyond ``width``."""
     t = np.clip(1.0 - (dist / width) ** 2, 0.0, 1.0)
@@ -216,11 +224,13 @@ def build_context(
     a = anatomy
     edge = max(1.5 / size, 0.006)
     rho = (_rho(a, 0, x, y), _rho(a, 1, x, y))
+    under_heart = 1.0 - _under_heart(a, x, y, edge)
     lung = tuple(
         smooth_inside((rho[k] - 1.0) * a.lung_ax[k], edge)
         * smooth_inside(
             y - (a.dome_top[k] + a.dome_k * ((x - a.lung_cx[k]) / a.lung_ax[k]) ** 2), edge
         )
+        * under_heart
         for k in (0, 1)
     )
     heart = _heart(a, x, y, 2 * edge)

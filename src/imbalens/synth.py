@@ -34,6 +34,7 @@ The rendering (anatomy and the 14 findings' appearances) is in
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imbalens import phantom_anatomy
 from imbalens.config import atomic_write_text
 from imbalens.findings import (
     BOXED_FINDINGS,
@@ -61,8 +63,9 @@ from imbalens.phantom_anatomy import render, rng_for
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-"""Bump when the rendering or the label sampler changes (phantoms are then regenerated)."""
+VERSION = 2
+"""Format version of the phantom; with :func:`code_digest` it decides whether an
+existing phantom can be kept."""
 
 MANIFEST = "phantom.json"
 MIN_POSITIVES_PER_SPLIT = 3
@@ -200,6 +203,15 @@ def _render_task(task: tuple[Any, ...]) -> list[tuple[str, str, float, float, fl
     return rows
 
 
+def code_digest() -> str:
+    """First 16 hex digits of the SHA-256 of this module's and the renderer's source: a
+    phantom made by other code is regenerated rather than silently reused."""
+    h = hashlib.sha256()
+    for mod in (__file__, phantom_anatomy.__file__):
+        h.update(Path(mod).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The manifest of a complete phantom in ``out``, or None when there is none."""
     p = Path(out) / MANIFEST
@@ -226,8 +238,9 @@ def generate(
     """Write a phantom in NIH's layout into ``out`` and return its manifest.
 
     Args:
-        out: folder (created). An existing complete phantom with the same parameters and
-            version is kept (``overwrite=False``) and its manifest returned.
+        out: folder (created). An existing complete phantom with the same parameters,
+            version and code digest is kept (``overwrite=False``) and its manifest
+            returned.
         n_images: number of images; patients get 1 + Geometric(0.35) follow-ups each.
         size: image side in pixels (boxes are still written in the 1,024 release space).
         seed: everything is a function of the seed: labels and split from
@@ -273,6 +286,7 @@ def generate(
         not overwrite
         and old is not None
         and old.get("version") == VERSION
+        and old.get("code") == code_digest()
         and old.get("parameters") == params
     ):
         log.info("phantom in %s is complete (phantom.json matches); kept", out)
@@ -363,6 +377,7 @@ def generate(
     manifest = {
         "format": "imbalens-phantom",
         "version": VERSION,
+        "code": code_digest(),
         "parameters": params,
         "counts": {
             "images": n_images,
