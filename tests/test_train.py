@@ -338,6 +338,13 @@ def test_best_checkpoint_reproduces_predictions(phantom_runs: dict) -> None:
     on_disk = json.loads((out / "metrics.json").read_text())
     assert evaluated["auroc_mean"] == pytest.approx(on_disk["auroc_mean"], abs=1e-6)
     assert (out / "evaluation" / "best-test" / "predictions.csv").is_file()
+    from imbalens.cli import main
+
+    assert main(["evaluate", str(out), "--which", "last", "--split", "val"]) == 0
+    last_val = json.loads((out / "evaluation" / "last-val" / "metrics.json").read_text())
+    on_disk_val = json.loads((out / "metrics_val.json").read_text())
+    # one epoch: last = best, so the CLI's val metrics are the training's
+    assert last_val["auroc_mean"] == pytest.approx(on_disk_val["auroc_mean"], abs=1e-6)
 
     # a finished run is not trained again
     stamp = (out / "checkpoints" / "best.pt").stat().st_mtime_ns

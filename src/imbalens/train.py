@@ -155,12 +155,20 @@ def _resume_key(cfg: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- set-up
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and ``random``; deterministic kernels on CPU."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed torch, numpy and ``random``; with ``deterministic``, deterministic kernels.
+
+    :func:`train` asks for deterministic kernels on CPU (where they cost little) and lets
+    cuDNN pick the fastest ones on CUDA (``cudnn.benchmark``), so GPU runs are seeded but
+    not bitwise reproducible.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
 
 
 def seed_worker(worker_id: int) -> None:
@@ -344,7 +352,9 @@ def evaluate(
         model, loader, device, precision, channels_last, info, progress, desc="val"
     )
     with torch.no_grad():
-        val_loss = float(criterion(torch.from_numpy(logits), torch.from_numpy(targets)))
+        val_loss = float(
+            criterion(torch.from_numpy(logits).to(device), torch.from_numpy(targets).to(device))
+        )
     return val_loss, performance(sigmoid(logits), targets, class_names)
 
 
@@ -397,9 +407,14 @@ def train(cfg: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
     t = cfg["train"]
     device_guess = select_device(t["device"], DistInfo())
     info = init_distributed(device_guess.type)
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     try:
         return _train(cfg, out, info)
     finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         cleanup(info)
 
 
@@ -414,7 +429,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     bars = progress_enabled(t["progress"], info)
     seed = int(t["seed"])
-    seed_everything(seed)
+    seed_everything(seed, deterministic=device.type == "cpu")
     ckpt_dir = out / "checkpoints"
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
