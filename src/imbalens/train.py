@@ -101,7 +101,12 @@ CRASH_EXIT_CODE = 75
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_auroc_mean", "seconds")
 
 # keys that may change between an interrupted run and its resumption
-_RESUME_FREE = {("train", "progress"), ("train", "workers"), ("train", "device")}
+_RESUME_FREE = {
+    ("train", "progress"),
+    ("train", "workers"),
+    ("train", "device"),
+    ("train", "checkpoint_every_steps"),
+}
 
 
 # --------------------------------------------------------------------------- config
@@ -428,6 +433,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     channels_last = bool(t["channels_last"])
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     bars = progress_enabled(t["progress"], info)
+    say = log.info if info.is_main else log.debug  # one summary line per epoch, not per rank
     seed = int(t["seed"])
     seed_everything(seed, deterministic=device.type == "cpu")
     ckpt_dir = out / "checkpoints"
@@ -464,6 +470,11 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     # model, loss, optimiser, schedule
     model = build_model(cfg["model"]["name"], len(class_names), cfg["model"]["weights"])
     if t["sync_bn"] and info.distributed:
+        if device.type == "cpu":
+            raise ConfigError(
+                "train.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                "set train.sync_bn=false for CPU/gloo runs"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format)
     pos, neg = data.counts("train")
@@ -490,7 +501,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
             scaler.load_state_dict(ckpt["scaler"])
         state = Progress(**{k: ckpt[k] for k in Progress.__dataclass_fields__})
         set_rng_state(ckpt["rng"])
-        log.info("resuming %s at epoch %d step %d", out, state.epoch + 1, state.step)
+        say("resuming %s at epoch %d step %d", out, state.epoch + 1, state.step)
 
     ddp = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -561,7 +572,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
             save_checkpoint(last_path, ckpt)
             _write_history(out / "history.csv", state.history)
         barrier(info)
-        log.info(
+        say(
             "epoch %d/%d step %d lr %.3g train_loss %.4f val_loss %.4f val_auroc %.4f%s (%.1f s)",
             row["epoch"],
             epochs,
@@ -600,7 +611,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
         write_json(out / "metrics.json", results["test"])
         atomic_write_text(out / "train.done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     barrier(info)
-    log.info(
+    say(
         "%s: best epoch %d, test auroc_mean %.4f ap_mean %.4f",
         out,
         state.best_epoch,
