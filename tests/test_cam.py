@@ -110,40 +110,15 @@ def test_gradcam_removes_hooks_and_needs_context():
 
 
 def _t_densenet(num_classes: int) -> nn.Module:
-    try:
-        from imbalens.models import build_model
-    except ImportError:  # models module not there yet: the same architecture by hand
-        from torchvision.models import densenet121
+    from imbalens.models import build_model
 
-        class TDense(nn.Module):
-            cam_layer = "norm5"
-            head = "fc"
-
-            def __init__(self) -> None:
-                super().__init__()
-                f = densenet121(weights=None).features
-                self.features = nn.Sequential(
-                    *[getattr(f, n) for n in ("conv0", "norm0", "relu0", "pool0")],
-                    f.denseblock1,
-                    f.transition1,
-                    f.denseblock2,
-                )
-                self.norm5 = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU())
-                self.fc = nn.Linear(512, num_classes)
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.fc(self.norm5(self.features(x)).mean(dim=(2, 3)))
-
-        return TDense()
     return build_model("t-densenet", num_classes)
 
 
 def _resnet50(num_classes: int) -> nn.Module:
-    from torchvision.models import resnet50
+    from imbalens.models import build_model
 
-    m = resnet50(weights=None, num_classes=num_classes)
-    m.cam_layer, m.head = "layer4", "fc"
-    return m
+    return build_model("resnet50", num_classes)
 
 
 @pytest.mark.parametrize("builder,size", [(_resnet50, 96), (_t_densenet, 64)])
