@@ -412,3 +412,4 @@ def test_resume_with_another_config_is_an_error(tmp_path: Path, tiny_phantom: Pa
     )
     with pytest.raises(ConfigError, match="another config"):
         train(cfg, out)
+    assert not (out / "config.yaml").exists()  # the run folder is left as it was

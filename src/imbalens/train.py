@@ -437,6 +437,14 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     seed = int(t["seed"])
     seed_everything(seed, deterministic=device.type == "cpu")
     ckpt_dir = out / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    resume = load_checkpoint(last_path, map_location=device) if last_path.is_file() else None
+    if resume is not None and _resume_key(with_train_extras(resume["config"])) != _resume_key(cfg):
+        raise ConfigError(
+            f"{last_path} was written with another config than the one given "
+            f"(see {out / 'config.yaml'}); train into a new folder or delete "
+            f"{ckpt_dir} to restart"
+        )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
@@ -486,21 +494,15 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     scaler = make_grad_scaler(device, precision)
     state = Progress()
 
-    last_path = ckpt_dir / "last.pt"
-    if last_path.is_file():
-        ckpt = load_checkpoint(last_path, map_location=device)
-        if _resume_key(ckpt["config"]) != _resume_key(cfg):
-            raise ConfigError(
-                f"{last_path} was written with another config than {out / 'config.yaml'}; "
-                "train into a new folder or delete the checkpoints to restart"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        state = Progress(**{k: ckpt[k] for k in Progress.__dataclass_fields__})
-        set_rng_state(ckpt["rng"])
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        state = Progress(**{k: resume[k] for k in Progress.__dataclass_fields__})
+        set_rng_state(resume["rng"])
+        del resume
         say("resuming %s at epoch %d step %d", out, state.epoch + 1, state.step)
 
     ddp = (
