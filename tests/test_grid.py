@@ -399,3 +399,26 @@ def test_book_assembles_toc_hides_parameters_and_builds(tmp_path: Path, notebook
     (book.root / "runs" / "resnet50-wbce-s2022" / "alignment.ipynb").unlink()
     with pytest.raises(BookError, match="alignment"):
         build(book.root)
+
+
+def test_a_regenerated_phantom_reruns_the_runs(tmp_path: Path, notebooks: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = {"version": 1, "code": "aaaa", "parameters": {"n_images": 10}, "counts": {}}
+    (data / "phantom.json").write_text(json.dumps(manifest))
+    params = write_params(tmp_path, axes={"loss.name": ["bce"]}, stages=["train"])
+    out = tmp_path / "runs"
+    g = out / "fake"
+    kw = {"notebook_dir": notebooks, "overrides": [f"data.root={data}"], "pages": False}
+    run_grid(params, out, **kw)
+    run_grid(params, out, **kw)
+    assert calls(g) == ["resnet50-bce-s2022 train"]  # the second invocation skipped it
+    manifest["counts"] = {"x": 1}  # not part of the phantom's identity
+    (data / "phantom.json").write_text(json.dumps(manifest))
+    run_grid(params, out, **kw)
+    assert len(calls(g)) == 1
+    manifest["code"] = "bbbb"  # the generator changed: the phantom is another data set
+    (data / "phantom.json").write_text(json.dumps(manifest))
+    rep = run_grid(params, out, **kw)
+    assert rep.ok and len(calls(g)) == 2
+    assert len(list((g / ".stale").iterdir())) == 1

@@ -101,7 +101,26 @@ class Run:
 
     @property
     def hash(self) -> str:
-        return config_hash(self.config)
+        """Hash of the resolved config and, for a phantom root, the phantom's identity."""
+        data = data_identity(self.config["data"].get("root"))
+        return config_hash(self.config if data is None else {"config": self.config, "data": data})
+
+
+def data_identity(root: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """What identifies a generated phantom (version, code digest, parameters), else None.
+
+    Part of a run's hash, so that a regenerated phantom (other parameters or other
+    generator code) re-runs every stage; real data (no ``phantom.json``) has no identity.
+    """
+    if root is None:
+        return None
+    try:
+        manifest = json.loads((Path(root) / "phantom.json").read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    return {k: manifest.get(k) for k in ("version", "code", "parameters")}
 
 
 def _where(path: Path | None) -> str:
@@ -273,24 +292,25 @@ def select(runs: Sequence[Run], only: Iterable[str] | None) -> list[Run]:
 
 # --------------------------------------------------------------------------- data
 def ensure_phantom(root: str | os.PathLike[str], phantom: Mapping[str, Any]) -> bool:
-    """Generate the phantom at ``root`` unless its ``phantom.json`` manifest exists.
+    """Make the phantom at ``root`` match ``phantom`` (:func:`imbalens.synth.generate`).
 
-    A root that holds real data (``Data_Entry_2017.csv`` without ``phantom.json``) is
-    never written to. Returns True when a phantom was generated.
+    ``generate`` keeps a complete phantom with the same parameters and generator code and
+    rewrites any other. A root that holds real data (``Data_Entry_2017.csv`` without
+    ``phantom.json``) is never written to. Returns True when images were (re)written.
     """
     r = Path(root)
-    if (r / "phantom.json").is_file():
-        return False
-    if (r / "Data_Entry_2017.csv").is_file():
+    if (r / "Data_Entry_2017.csv").is_file() and not (r / "phantom.json").is_file():
         log.info("data root %s holds real data (no phantom.json): not generating a phantom", r)
         return False
     from imbalens.synth import generate
 
-    log.info("generating the phantom at %s (%s)", r, dict(phantom))
+    before = data_identity(r)
     t0 = time.perf_counter()
     generate(r, **dict(phantom))
-    log.info("phantom ready in %.0f s", time.perf_counter() - t0)
-    return True
+    changed = data_identity(r) != before
+    if changed:
+        log.info("phantom at %s written in %.0f s (%s)", r, time.perf_counter() - t0, dict(phantom))
+    return changed
 
 
 # --------------------------------------------------------------------------- stages
@@ -349,15 +369,17 @@ def recorded_hash(run_dir: Path) -> str | None:
         return None
 
 
-def prepare_run_dir(run_dir: Path, cfg: Mapping[str, Any], stale_dir: Path) -> None:
+def prepare_run_dir(
+    run_dir: Path, cfg: Mapping[str, Any], stale_dir: Path, chash: str | None = None
+) -> None:
     """Write ``config.yaml`` and ``grid-run.json`` for a run whose folder is new or stale.
 
     A folder recorded with another config hash (or, unrecorded, holding a different
     ``config.yaml``) is moved to ``stale_dir`` first; a folder recorded with the same hash
-    is left as it is.
+    is left as it is. ``chash`` defaults to the hash of ``cfg``.
     """
     cfg_path = run_dir / "config.yaml"
-    chash = config_hash(cfg)
+    chash = chash or config_hash(cfg)
     if run_dir.is_dir():
         old = recorded_hash(run_dir)
         if old is None and cfg_path.is_file():
@@ -662,6 +684,10 @@ def run_grid(
     grid_dir = (Path(out) / spec.name).resolve()
     n_jobs = max(1, jobs if jobs is not None else spec.jobs)
 
+    if spec.phantom and not dry_run:
+        for root in dict.fromkeys(r.config["data"]["root"] for r in chosen):
+            ensure_phantom(root, spec.phantom)
+
     results: dict[str, RunResult] = {}
     for r in runs:
         run_dir = grid_dir / r.id
@@ -676,12 +702,9 @@ def run_grid(
         report.seconds = time.perf_counter() - t0
         return report
 
-    if spec.phantom:
-        for root in dict.fromkeys(r.config["data"]["root"] for r in chosen):
-            ensure_phantom(root, spec.phantom)
     grid_dir.mkdir(parents=True, exist_ok=True)
     for r in chosen:
-        prepare_run_dir(grid_dir / r.id, r.config, grid_dir / ".stale")
+        prepare_run_dir(grid_dir / r.id, r.config, grid_dir / ".stale", r.hash)
     _write_grid_json(report, spec, started)
     if prepare_only:
         report.seconds = time.perf_counter() - t0
