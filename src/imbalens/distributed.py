@@ -187,7 +187,8 @@ class SeededDataset(Dataset):
     """Wraps a data set so that sample ``i`` of epoch ``e`` is augmented from a fixed seed.
 
     Before ``dataset[i]`` the torch, numpy and ``random`` generators of the loading
-    process are seeded with ``hash(seed, e, i)``; the torch state is restored afterwards.
+    process are seeded with ``hash(seed, e, i)`` (numpy ``SeedSequence``); their previous
+    states are restored afterwards.
     The augmentation of a sample then depends neither on the number of DataLoader
     workers, nor on the number of DDP ranks, nor on where a resumed run restarts.
     The sample index is added to the item as ``"sample"``.
@@ -210,7 +211,8 @@ class SeededDataset(Dataset):
         item_seed = int(
             np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, np.uint32)[0]
         )
-        np_state, py_state = np.random.get_state()  # noqa: NPY002 (global state on purpose), random.getstate()
+        np_state = np.random.get_state()  # noqa: NPY002 (global state on purpose)
+        py_state = random.getstate()
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(item_seed)
