@@ -312,7 +312,7 @@ def _nodule(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
     side = int(rng.integers(2))
     r = 0.035 * _scale(rng, d)
     cx, cy = ctx.sample_in_lung(rng, side, r, (0.2, 0.62))
-    return 0.17 * _strength(rng, d) * _blob(ctx, cx, cy, 1.0, r, r), True
+    return 0.2 * _strength(rng, d) * _blob(ctx, cx, cy, 1.0, r, r), True
 
 
 def _mass(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
@@ -363,7 +363,7 @@ def _patch(
 def _infiltration(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
     side, win = _patch(ctx, rng, d, 0.1, 0.115, (0.3, 0.62))
     blotch = np.clip(smooth_noise(rng, ctx.size, 0.025) * 0.5 + 0.5, 0.0, 1.0)
-    return 0.13 * _strength(rng, d) * win * (0.25 + 0.75 * blotch) * ctx.lung_eff(side), True
+    return 0.15 * _strength(rng, d) * win * (0.25 + 0.75 * blotch) * ctx.lung_eff(side), True
 
 
 def _pneumonia(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
@@ -374,12 +374,12 @@ def _pneumonia(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
         win = win * smooth_inside(cut - ctx.y, ctx.edge)
     bronch = ridges(smooth_noise(rng, ctx.size, 0.012), 0.3)
     dense = 1.0 - 0.45 * bronch  # air bronchograms
-    return 0.24 * _strength(rng, d) * win * dense * ctx.lung_eff(side), True
+    return 0.18 * _strength(rng, d) * win * dense * ctx.lung_eff(side), True
 
 
 def _consolidation(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
     side, win = _patch(ctx, rng, d, 0.09, 0.1, (0.4, 0.64))
-    return 0.24 * _strength(rng, d) * win * ctx.lung_eff(side), False
+    return 0.18 * _strength(rng, d) * win * ctx.lung_eff(side), False
 
 
 def _effusion(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
@@ -393,7 +393,7 @@ def _effusion(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
     cp = float(ctx.dome(side, x_wall - lateral * 0.25 * a.lung_ax[side]))
     top = cp - height + 0.12 * s * t**1.5  # meniscus: highest at the wall
     fluid = smooth_inside(top - ctx.y, 0.03) * smooth_inside(t - 1.0, 0.3)
-    return 0.33 * _strength(rng, d) * fluid * ctx.lung[side], True
+    return 0.24 * _strength(rng, d) * fluid * ctx.lung[side], True
 
 
 def _pneumothorax(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
@@ -413,7 +413,7 @@ def _pneumothorax(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
     )
     line = line * (rho < 1.0)
     k = _strength(rng, d)
-    delta = -a.markings * ctx.markings * rim - 0.1 * k * rim + 0.1 * k * line
+    delta = -a.markings * ctx.markings * rim - 0.06 * k * rim + 0.06 * k * line
     return delta, True
 
 
@@ -430,7 +430,7 @@ def _edema(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
         u = np.hypot((ctx.x - cx) / 0.13, (ctx.y - a.lung_cy) / 0.17)
         wing = wing + np.clip(1.0 - u * u, 0.0, 1.0) ** 1.5 * ctx.lung[side]
     haze = 0.8 + 0.2 * smooth_noise(rng, ctx.size, 0.03)
-    return 0.16 * k * wing * haze * (1.0 - ctx.heart), False
+    return 0.1 * k * wing * haze * (1.0 - ctx.heart), False
 
 
 def _fibrosis(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
@@ -438,7 +438,7 @@ def _fibrosis(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
     net = ridges(smooth_noise(rng, ctx.size, 0.008), 0.3)
     upper = smooth_inside(ctx.y - (a.lung_cy + 0.02), 0.15)
     lung = np.maximum(ctx.lung[0], ctx.lung[1]) * (1.0 - ctx.heart)
-    return 0.14 * _strength(rng, d) * net * upper * lung, False
+    return 0.07 * _strength(rng, d) * net * upper * lung, False
 
 
 def _pleural_thickening(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
@@ -464,7 +464,7 @@ def _hernia(ctx: Context, rng: np.random.Generator, d: float) -> Lesion:
     gas_level = cy - 0.1 * r
     gas = smooth_inside(np.hypot(ctx.x - cx, (ctx.y - cy) / 0.85) - 0.8 * r, ctx.edge)
     gas = gas * smooth_inside(ctx.y - gas_level, ctx.edge)  # air above a flat fluid level
-    return 0.12 * k * disc - 0.3 * k * gas, False
+    return 0.08 * k * disc - 0.15 * k * gas, False
 
 
 LesionFn = Callable[[Context, np.random.Generator, float], Lesion]
@@ -504,10 +504,10 @@ def _hyperinflate(a: Anatomy, rng: np.random.Generator, d: float) -> Anatomy:
         a,
         lung_ay=a.lung_ay * (1 + 0.06 * k),
         lung_cy=a.lung_cy + 0.025 * k,
-        dome_top=(a.dome_top[0] + 0.05 * k, a.dome_top[1] + 0.05 * k),
-        dome_k=a.dome_k * max(0.2, 1 - 0.6 * k),
-        air=a.air * (1 + 0.1 * k),
-        markings=a.markings * max(0.2, 1 - 0.4 * k),
+        dome_top=(a.dome_top[0] + 0.035 * k, a.dome_top[1] + 0.035 * k),
+        dome_k=a.dome_k * max(0.2, 1 - 0.4 * k),
+        air=a.air * (1 + 0.06 * k),
+        markings=a.markings * max(0.2, 1 - 0.3 * k),
         heart_rx=a.heart_rx * 0.88,
     )
 
