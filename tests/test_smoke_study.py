@@ -217,8 +217,16 @@ def test_results_page_renders_in_headless_chromium(server: Server, smoke: Smoke)
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
-            page.on("pageerror", lambda e: console_errors.append(str(e)))
+
+            def on_console(m: object) -> None:
+                if m.type == "error":  # type: ignore[attr-defined]
+                    console_errors.append(m.text)  # type: ignore[attr-defined]
+
+            def on_error(e: object) -> None:
+                console_errors.append(str(e))
+
+            page.on("console", on_console)
+            page.on("pageerror", on_error)
             response = page.goto(f"{server.url}/results.html", wait_until="load", timeout=60_000)
             assert response is not None and response.status == 200
             page.wait_for_load_state("networkidle", timeout=30_000)
@@ -232,6 +240,15 @@ def test_results_page_renders_in_headless_chromium(server: Server, smoke: Smoke)
                 ".map(i => [i.complete, i.naturalWidth, i.src.slice(0, 60)])"
             )
             errors_shown = page.locator(".output.error, .output.traceback, .traceback").count()
+            # one run page too, for people looking at the screenshots; its console is not
+            # checked (MathJax comes from a CDN, which an offline machine cannot reach)
+            page.remove_listener("console", on_console)
+            page.remove_listener("pageerror", on_error)
+            run_page = f"{server.url}/runs/{RUN_IDS[-1]}/alignment.html"
+            assert page.goto(run_page, wait_until="load", timeout=60_000).status == 200
+            page.wait_for_load_state("networkidle", timeout=30_000)
+            run_shot = smoke.root / "run-alignment.png"
+            page.screenshot(path=str(run_shot), full_page=True)
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
@@ -248,4 +265,9 @@ def test_results_page_renders_in_headless_chromium(server: Server, smoke: Smoke)
     assert not ours, console_errors
     missing = [line for line in server.log.read_text().splitlines() if '" 404 ' in line]
     assert all("GET /favicon.ico " in line for line in missing), missing
-    sys.stderr.write(f"\nscreenshot of the results page: {shot}\n")
+    keep = os.environ.get("IMBALENS_SCREENSHOT_DIR")  # pytest prunes old tmp folders
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for png in (shot, run_shot):
+            shutil.copy2(png, Path(keep) / png.name)
+    sys.stderr.write(f"\nscreenshots: {shot}, {run_shot}\n")
