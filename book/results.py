@@ -155,7 +155,7 @@ for task in results.tasks:
             display(Markdown(f"*{label}: Figure 1 could not be drawn: `{err}`*"))
             continue
         if samples:
-            fig = figure1(samples, title=f"Figure 1 ({label}): CAMs with boxes, {ours}")
+            fig = figure1(samples, title=f"Figure 1 ({label}): CAMs with boxes\n{ours}")
             display(fig)
             plt.close(fig)
 
@@ -174,7 +174,7 @@ for task in results.tasks:
         if sub.empty:
             continue
         label = f"{model_label(model)}, {TASK_LABELS.get(task, task)}"
-        fig = figure2(sub, title=f"Figure 2 ({label}), {ours}")
+        fig = figure2(sub, title=f"Figure 2 ({label})\n{ours}")
         display(fig)
         plt.close(fig)
 
