@@ -55,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
         "workers": 0,
         "seed": 2022,
         "max_steps_per_epoch": None,  # cap for smoke runs
+        "checkpoint_every_steps": None,  # also save last.pt every N optimiser steps
+        "sync_bn": False,  # SyncBatchNorm under DDP (CUDA only)
         "device": "auto",  # auto | cpu | cuda
         "progress": "auto",  # auto | on | off
     },
