@@ -160,3 +160,21 @@ def test_activation_stream_passes(cache, exact, passes):
     res = count_concepts(stream, Q, exact=exact)
     stream.close()
     assert stream.passes == passes and res.total_components == 7
+
+
+@pytest.mark.parametrize("threshold", ["dataset", "batch"])
+def test_floor_ties_silent_cells_never_form_a_concept(threshold: str) -> None:
+    """tau_c = 0 for a mostly silent ReLU channel: only firing cells may be concepts."""
+    a = torch.zeros(2, 2, 8, 8)
+    box = torch.zeros(2, 8, 8, dtype=torch.bool)
+    box[:, 0:4, 0:4] = True  # both images have a box
+    a[0, 0, 1, 1:3] = 0.5  # channel 0 fires on 2 cells inside image 0's box; channel 1 silent
+    strict = count_concepts([(a, box)], q=0.25, threshold=threshold, exact=True)
+    assert strict.thresholds[0] == 0.0
+    assert strict.disjoint == pytest.approx(0.5)  # one component in one of two images
+    assert strict.unique == pytest.approx(0.5)
+    assert strict.per_channel["is_detector"].tolist() == [True, False]
+    literal = count_concepts([(a, box)], q=0.25, threshold=threshold, exact=True, floor_ties=False)
+    # A >= 0 switches on every cell: each map is one component touching the box
+    assert literal.disjoint == pytest.approx(2.0)
+    assert literal.unique == pytest.approx(2.0)

@@ -41,6 +41,14 @@ over all cells of all images with NumPy's default linear interpolation, i.e. wit
 - ``exact=None`` (default): exact if the set has at most ``exact_limit`` values in all
   (known after pass 1), histograms otherwise.
 
+**Ties at the floor.** A post-ReLU channel that is silent on more than a fraction
+:math:`1-q` of the cells has :math:`\\tau_c` equal to its minimum (0), and
+:math:`A \\ge \\tau_c` would then switch on *every* cell, making the whole map one
+"concept" that always touches the box. Whenever :math:`\\tau_c` is not above the channel's
+minimum (over the set; over the batch in ``"batch"`` mode) the rule becomes the strict
+:math:`A > \\tau_c`, so silent cells never form a concept (a channel that never fires is
+then no detector). Pass ``floor_ties=False`` for the literal :math:`A \\ge \\tau_c`.
+
 ``threshold="batch"`` reproduces the official code: :math:`\\tau_c` is ``torch.quantile``
 of channel c over each batch separately (one pass); ``thresholds`` then holds the mean
 over batches and ``batch_thresholds`` each batch's values.
@@ -377,6 +385,7 @@ def count_concepts(
     n_boxes: int | None = None,
     finding_names: Sequence[str] | None = None,
     exact_limit: int = 1 << 24,
+    floor_ties: bool = True,
 ) -> ConceptCounts:
     """Count pathology-related concepts (Disjoint, Unique) from streamed activations.
 
@@ -393,6 +402,8 @@ def count_concepts(
         per_finding: add per-finding counts when finding masks are given.
         n_boxes: number of boxes in the set (for ``normalise="boxes"``; reported).
         finding_names: names of the F finding masks (default BOXED_FINDINGS when F == 8).
+        floor_ties: use the strict ``A > tau`` where ``tau`` equals the channel minimum
+            (module docstring, "Ties at the floor").
 
     Returns:
         :class:`ConceptCounts`. ``per_channel`` has columns channel, threshold,
@@ -427,8 +438,10 @@ def count_concepts(
             return channel_values()
 
     batch_taus: list[np.ndarray] = []
+    floor: Tensor | None = None
     if threshold == "dataset":
         stats = _range_pass(_Again())
+        floor = stats[0]
         if exact is None:
             exact = stats[2] * len(stats[0]) <= exact_limit
         if exact:
@@ -451,11 +464,19 @@ def count_concepts(
                 raise ValueError(f"finding_names has {len(names)} names for {n_f} finding masks")
             tally = _Tally(c, n_f)
         if threshold == "batch":
-            t = _batch_quantile(_by_channel(acts), p)
+            by_channel = _by_channel(acts)
+            t = _batch_quantile(by_channel, p)
             batch_taus.append(t.numpy())
+            lo = by_channel.amin(1)
         else:
             t = torch.as_tensor(tau, dtype=acts.dtype)
-        active = (acts >= t[None, :, None, None]).numpy()
+            lo = floor.to(acts.dtype)
+        tt = t[None, :, None, None]
+        active = acts >= tt
+        if floor_ties:
+            strict = (t <= lo)[None, :, None, None]
+            active = torch.where(strict, acts > tt, active)
+        active = active.numpy()
         _count_batch(
             active, box.numpy(), fm.numpy() if (fm is not None and per_finding) else None,
             connectivity, tally,
