@@ -53,12 +53,12 @@ from pathlib import Path
 import pandas as pd
 
 from imbalens.analyse import analyse_run
+from imbalens.config import load_config
 from imbalens.plots import alignment_bars, cam_gallery
 from imbalens.results import cam_samples, loss_label, model_label
-from imbalens.train import load_train_config
 
 run = Path(run_dir)
-cfg = load_train_config(run / "config.yaml")
+cfg = load_config(run / "config.yaml")
 loss = cfg["loss"]["name"]
 title = f"{model_label(cfg['model']['name'])}, {loss_label(loss)}, {cfg['data']['task']}"
 

@@ -55,12 +55,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
+from imbalens.config import load_config
 from imbalens.plots import concept_channels_figure
 from imbalens.results import detectors_by_finding, loss_label, model_label
-from imbalens.train import load_train_config
 
 run = Path(run_dir)
-cfg = load_train_config(run / "config.yaml")
+cfg = load_config(run / "config.yaml")
 title = (
     f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
 )

@@ -46,12 +46,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from imbalens.config import load_config
 from imbalens.plots import performance_bars
 from imbalens.results import loss_label, model_label, performance_rows
-from imbalens.train import load_train_config
 
 run = Path(run_dir)
-cfg = load_train_config(run / "config.yaml")
+cfg = load_config(run / "config.yaml")
 task = cfg["data"]["task"]
 title = f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {task}"
 

@@ -46,12 +46,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from imbalens.config import load_config
 from imbalens.plots import history_curves
 from imbalens.results import loss_label, model_label, performance_rows
-from imbalens.train import load_train_config, train
+from imbalens.train import train
 
 run = Path(run_dir)
-cfg = load_train_config(run / "config.yaml")
+cfg = load_config(run / "config.yaml")
 
 # %% [markdown]
 # ## The configuration

@@ -25,7 +25,7 @@ from imbalens.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from imbalens.config import ConfigError, merge_config
+from imbalens.config import ConfigError, load_config, merge_config
 from imbalens.distributed import (
     DistInfo,
     EpochSampler,
@@ -41,7 +41,6 @@ from imbalens.train import (
     HISTORY_COLUMNS,
     WarmupCosine,
     build_scheduler,
-    load_train_config,
     train,
 )
 
@@ -195,22 +194,22 @@ def test_gather_and_batch_helpers() -> None:
 # ----------------------------------------------------------------------------- config
 
 
-def test_load_train_config_with_extras(tmp_path: Path) -> None:
+def test_load_config_train_keys(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"train": {"epochs": 3, "checkpoint_every_steps": 5}}))
-    cfg = load_train_config(path, ["train.batch_size=8", "train.sync_bn=true"])
+    cfg = load_config(path, ["train.batch_size=8", "train.sync_bn=true"])
     assert cfg["train"]["epochs"] == 3 and cfg["train"]["batch_size"] == 8
     assert cfg["train"]["checkpoint_every_steps"] == 5 and cfg["train"]["sync_bn"] is True
-    assert load_train_config(None)["train"]["checkpoint_every_steps"] is None
+    assert load_config(None)["train"]["checkpoint_every_steps"] is None
     with pytest.raises(ConfigError, match="train.epoch"):
-        load_train_config(None, ["train.epoch=3"])
+        load_config(None, ["train.epoch=3"])
     with pytest.raises(ConfigError, match="does not exist"):
-        load_train_config(tmp_path / "nope.yaml")
+        load_config(tmp_path / "nope.yaml")
 
 
 def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[1] / "params" / "train-example.yaml"
-    cfg = load_train_config(example)
+    cfg = load_config(example)
     assert cfg["model"]["name"] in ("resnet50", "t-densenet")
     assert cfg["train"]["lr"] == pytest.approx(4e-4)
 

@@ -99,7 +99,7 @@ def analyse_model(
     if (out / DONE).is_file() and not force:
         log.info("%s exists: skipping (force=True to redo)", out / DONE)
         return json.loads((out / DONE).read_text())
-    a_cfg = {**DEFAULTS["analysis"], "cache": True, **(cfg.get("analysis") or {})}
+    a_cfg = {**DEFAULTS["analysis"], **(cfg.get("analysis") or {})}
     size = int(cfg["data"]["image_size"])
     dev = _device(device)
     precision = (cfg.get("train") or {}).get("precision", "fp32")

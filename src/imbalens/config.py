@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "connectivity": 2,  # skimage: 1 = 4-connected, 2 = 8-connected
         "normalise": "images",  # images (paper) | boxes (official)
         "batch_size": 32,
+        "cache": True,  # keep the layer's activations in a temp file (one forward pass)
     },
 }
 
@@ -123,7 +124,9 @@ def merge_config(*layers: Mapping[str, Any], overrides: Iterable[str] = ()) -> d
     return cfg
 
 
-def load_config(path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+def load_config(
+    path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()
+) -> dict[str, Any]:
     """Read a YAML config (``safe_load``) and merge it onto the defaults."""
     layer: dict[str, Any] = {}
     if path is not None:

@@ -25,8 +25,8 @@ marker ``train.done``. All files are written atomically. A run whose folder hold
 scheduler, epoch, step within the epoch, RNG states and sampler position), and ends with
 the same metrics and weights as an uninterrupted run (CPU, fp32).
 
-Keys beyond :data:`imbalens.config.DEFAULTS` (see :data:`TRAIN_EXTRAS`):
-``train.checkpoint_every_steps`` (``None``) and ``train.sync_bn`` (``False``).
+Every key has its default in :data:`imbalens.config.DEFAULTS`; a partial config is
+completed from there.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -55,13 +54,12 @@ from tqdm.auto import tqdm
 
 from imbalens.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imbalens.config import (
-    DEFAULTS,
     ConfigError,
     atomic_write_text,
     config_hash,
     dump_config,
+    load_config,
     merge_config,
-    parse_override,
 )
 from imbalens.distributed import (
     DistInfo,
@@ -87,12 +85,6 @@ from imbalens.precision import autocast_context, make_grad_scaler, resolve_preci
 
 log = logging.getLogger(__name__)
 
-TRAIN_EXTRAS: dict[str, Any] = {
-    "checkpoint_every_steps": None,  # also save last.pt every N optimiser steps
-    "sync_bn": False,  # SyncBatchNorm under DDP (CUDA only)
-}
-"""Train keys this module understands beyond ``config.DEFAULTS`` (with their defaults)."""
-
 CRASH_ENV = "IMBALENS_TEST_CRASH_AFTER_STEP"
 """Test hook: the process ends itself with ``os._exit(CRASH_EXIT_CODE)`` right after
 optimiser step K (and after any checkpoint due at that step), like a killed job."""
@@ -110,48 +102,6 @@ _RESUME_FREE = {
 
 
 # --------------------------------------------------------------------------- config
-def with_train_extras(cfg: dict[str, Any], extras: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A copy of ``cfg`` whose ``train`` section has every key of :data:`TRAIN_EXTRAS`."""
-    out = copy.deepcopy(cfg)
-    for key, default in TRAIN_EXTRAS.items():
-        out["train"].setdefault(key, default)
-    out["train"].update(extras or {})
-    return out
-
-
-def load_train_config(
-    path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()
-) -> dict[str, Any]:
-    """Read a YAML config and ``key=value`` overrides onto the defaults (+ train extras).
-
-    Like :func:`imbalens.config.load_config`, but also accepts the keys of
-    :data:`TRAIN_EXTRAS` in the ``train`` section and in overrides.
-    """
-    layer: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        layer = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(layer, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-    layer = copy.deepcopy(layer)
-    extras: dict[str, Any] = {}
-    own = [k for k in TRAIN_EXTRAS if k not in DEFAULTS["train"]]
-    if isinstance(layer.get("train"), dict):
-        for key in own:
-            if key in layer["train"]:
-                extras[key] = layer["train"].pop(key)
-    rest = []
-    for item in overrides:
-        keys, value = parse_override(item)
-        if len(keys) == 2 and keys[0] == "train" and keys[1] in own:
-            extras[keys[1]] = value
-        else:
-            rest.append(item)
-    return with_train_extras(merge_config(layer, overrides=rest), extras)
-
-
 def _resume_key(cfg: dict[str, Any]) -> str:
     c = copy.deepcopy(cfg)
     for section, key in _RESUME_FREE:
@@ -397,8 +347,8 @@ def train(cfg: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
     """Train one run into ``out``; resume it if interrupted; return the test metrics.
 
     Args:
-        cfg: resolved config (:func:`imbalens.config.merge_config`); missing
-            :data:`TRAIN_EXTRAS` keys take their defaults.
+        cfg: a config (:func:`imbalens.config.merge_config`); missing keys take
+            their defaults from :data:`imbalens.config.DEFAULTS`.
         out: run folder.
 
     Returns:
@@ -408,7 +358,7 @@ def train(cfg: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
     out = Path(out)
     if (out / "train.done").is_file():
         return _finished(out)
-    cfg = with_train_extras(cfg)
+    cfg = merge_config(cfg)
     t = cfg["train"]
     device_guess = select_device(t["device"], DistInfo())
     info = init_distributed(device_guess.type)
@@ -439,7 +389,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     resume = load_checkpoint(last_path, map_location=device) if last_path.is_file() else None
-    if resume is not None and _resume_key(with_train_extras(resume["config"])) != _resume_key(cfg):
+    if resume is not None and _resume_key(merge_config(resume["config"])) != _resume_key(cfg):
         raise ConfigError(
             f"{last_path} was written with another config than the one given "
             f"(see {out / 'config.yaml'}); train into a new folder or delete "
@@ -640,7 +590,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def cli(args: argparse.Namespace) -> int:
     """Run ``imbalens train``."""
-    cfg = load_train_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     metrics = train(cfg, args.out)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
@@ -651,14 +601,12 @@ def cli(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "TRAIN_EXTRAS",
     "Progress",
     "WarmupCosine",
     "build_optimizer",
     "build_scheduler",
     "evaluate",
     "load_data",
-    "load_train_config",
     "seed_everything",
     "train",
     "train_one_epoch",
