@@ -479,3 +479,13 @@ def test_reads_the_phantom(tiny_phantom: Path) -> None:
     item = ds[0]
     per_finding = item["box_mask"].flatten(1).any(dim=1)
     assert torch.equal(per_finding, item["has_box"]) and bool(item["has_box"].any())
+
+
+def test_load_nih_from_config_fills_defaults(tiny_phantom: Path) -> None:
+    from imbalens.data import load_nih, load_nih_from_config
+
+    data = load_nih_from_config({"root": str(tiny_phantom), "task": "binary"})
+    assert data.class_names == ["Unhealthy"]
+    direct = load_nih(tiny_phantom, task="binary")
+    assert data.images("val") == direct.images("val")
+    assert (data.targets("test") == direct.targets("test")).all()

@@ -182,7 +182,7 @@ def analyse_run(
         FileNotFoundError: no checkpoint (train the run first) or no data at ``data.root``.
     """
     from imbalens.checkpoint import load_model_from_run
-    from imbalens.data import load_nih
+    from imbalens.data import load_nih_from_config
 
     run = Path(run_dir)
     if (run / DONE).is_file() and not force:
@@ -190,14 +190,7 @@ def analyse_run(
         return json.loads((run / DONE).read_text())
     model, cfg = load_model_from_run(run, which=which)
     d = cfg["data"]
-    data = load_nih(
-        d["root"],
-        task=d["task"],
-        include_no_finding=d["include_no_finding"],
-        val_fraction=d["val_fraction"],
-        split_seed=d["split_seed"],
-        missing=d["missing"],
-    )
+    data = load_nih_from_config(d)
     return analyse_model(model, data, cfg, run, device=device, limit=limit, force=force)
 
 

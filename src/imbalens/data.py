@@ -36,7 +36,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -786,3 +786,21 @@ def load_nih(
     data = NIHData(root, task, include_no_finding, table, release_boxes)
     log.info("%r", data)
     return data
+
+
+def load_nih_from_config(data_cfg: Mapping[str, Any]) -> NIHData:
+    """:func:`load_nih` with the arguments of a run config's ``data`` section.
+
+    Missing keys take their defaults from :data:`imbalens.config.DEFAULTS`.
+    """
+    from imbalens.config import DEFAULTS
+
+    d = {**DEFAULTS["data"], **data_cfg}
+    return load_nih(
+        d["root"],
+        task=d["task"],
+        include_no_finding=d["include_no_finding"],
+        val_fraction=d["val_fraction"],
+        split_seed=d["split_seed"],
+        missing=d["missing"],
+    )

@@ -168,7 +168,7 @@ def evaluate_run(
         The :func:`imbalens.metrics.performance` dict plus ``which``, ``split``, ``epoch``.
     """
     from imbalens.checkpoint import load_checkpoint, load_model_from_run
-    from imbalens.data import load_nih
+    from imbalens.data import load_nih_from_config
 
     if split not in ("test", "val", "train", "boxed"):
         raise ValueError(f"split={split!r}: use test, val, train or boxed")
@@ -176,14 +176,7 @@ def evaluate_run(
     dev = torch.device(device)
     model, cfg = load_model_from_run(run, which=which, map_location=dev)
     d, t = cfg["data"], cfg["train"]
-    data = load_nih(
-        d["root"],
-        task=d["task"],
-        include_no_finding=d["include_no_finding"],
-        val_fraction=d["val_fraction"],
-        split_seed=d["split_seed"],
-        missing=d["missing"],
-    )
+    data = load_nih_from_config(d)
     dataset = data.dataset(split, d["image_size"], augment=False, cache=False)
     channels_last = bool(t["channels_last"])
     if channels_last:

@@ -493,7 +493,7 @@ def cam_samples(
 
     from imbalens.cam import class_activation_maps
     from imbalens.checkpoint import load_model_from_run
-    from imbalens.data import denormalize, load_nih
+    from imbalens.data import denormalize, load_nih_from_config
     from imbalens.findings import BOXED_FINDINGS
 
     if not run_dirs:
@@ -501,14 +501,7 @@ def cam_samples(
     first = Path(next(iter(run_dirs.values())))
     cfg = yaml.safe_load((first / "config.yaml").read_text())
     d = cfg["data"]
-    data = load_nih(
-        d["root"],
-        task=d["task"],
-        include_no_finding=d.get("include_no_finding", False),
-        val_fraction=d.get("val_fraction", 0.1),
-        split_seed=d.get("split_seed", 0),
-        missing=d.get("missing", "error"),
-    )
+    data = load_nih_from_config(d)
     size = int(d["image_size"])
     dataset = data.dataset("boxed", size)
     position = {name: i for i, name in enumerate(dataset.names)}

@@ -203,17 +203,10 @@ class Progress:
 
 def load_data(cfg: dict[str, Any]) -> tuple[Any, dict[str, Dataset]]:
     """The NIH-layout data (real or phantom) and its train/val/test data sets."""
-    from imbalens.data import load_nih
+    from imbalens.data import load_nih_from_config
 
     d = cfg["data"]
-    data = load_nih(
-        d["root"],
-        task=d["task"],
-        include_no_finding=d["include_no_finding"],
-        val_fraction=d["val_fraction"],
-        split_seed=d["split_seed"],
-        missing=d["missing"],
-    )
+    data = load_nih_from_config(d)
     size, cache = int(d["image_size"]), bool(d["cache"])
     datasets = {
         "train": data.dataset("train", size, augment=bool(d["augment"]), cache=cache),
