@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, Subset
 
 from imbalens.alignment import alignment_table, summarise_alignment
 from imbalens.config import DEFAULTS, atomic_write_text
-from imbalens.dissect import dissect_model
+from imbalens.dissect import default_q, dissect_model
 
 __all__ = ["DONE", "analyse_model", "analyse_run", "cli", "configure_parser"]
 
@@ -62,15 +62,6 @@ def _autocast(device: torch.device, precision: str) -> Callable[[], Any]:
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False))
-
-
-def _default_q(model: nn.Module, cfg: dict[str, Any]) -> float:
-    from imbalens.models import DEFAULT_Q
-
-    name = getattr(model, "name", None) or cfg.get("model", {}).get("name")
-    if name not in DEFAULT_Q:
-        raise ValueError(f"no default q for model {name!r}: set analysis.q in the config")
-    return float(DEFAULT_Q[name])
 
 
 def analyse_model(
@@ -124,7 +115,7 @@ def analyse_model(
     _write_csv(summary, out / "alignment_summary.csv")
 
     layers = [a_cfg["layer"]] if a_cfg["layer"] else list(model.dissect_layers)
-    q = float(a_cfg["q"]) if a_cfg["q"] is not None else _default_q(model, cfg)
+    q = float(a_cfg["q"]) if a_cfg["q"] is not None else default_q(model)
     per_layer: dict[str, Any] = {}
     channels = []
     for layer in layers:

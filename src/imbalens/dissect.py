@@ -618,11 +618,9 @@ def default_q(model: nn.Module) -> float:
     Raises:
         ValueError: when the model's name or the table is unknown (pass ``q=``).
     """
+    from imbalens.models import DEFAULT_Q
+
     name = getattr(model, "name", None) or getattr(model, "model_name", None)
-    try:
-        from imbalens.models import DEFAULT_Q
-    except ImportError:
-        DEFAULT_Q = {}
     if name not in DEFAULT_Q:
         raise ValueError(f"no default dissection q for model {name!r}: pass q=")
     return float(DEFAULT_Q[name])
