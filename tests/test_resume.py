@@ -18,21 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from imbalens.checkpoint import load_checkpoint
 from imbalens.config import merge_config
 from imbalens.train import CRASH_ENV, CRASH_EXIT_CODE, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin and run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(root: Path) -> dict:
