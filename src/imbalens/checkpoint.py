@@ -71,7 +71,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state(  # noqa: NPY002 (global state on purpose)
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+        (
+            n["kind"],
+            n["keys"].cpu().numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached"],
+        )
     )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))

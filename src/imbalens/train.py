@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from imbalens.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imbalens.config import (
@@ -391,6 +391,15 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
+
+    say(
+        "%s: device %s, precision %s, channels_last %s, %d process(es)",
+        out,
+        device,
+        precision,
+        channels_last,
+        info.world_size,
+    )
 
     # data
     data, datasets = load_data(cfg)
