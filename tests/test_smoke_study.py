@@ -107,6 +107,15 @@ def test_smoke_grid_ran_every_stage(smoke: Smoke) -> None:
         ):
             assert (run / made).is_file(), (rid, made)
         assert not list(run.glob("*.failed.ipynb")) and not list(run.glob(".*.partial.ipynb"))
+        for stage in STAGES:  # no library noise (e.g. tqdm's IProgress warning) on the pages
+            nb = json.loads((run / f"{stage}.ipynb").read_text())
+            streams = [
+                "".join(o.get("text", ""))
+                for c in nb["cells"]
+                for o in c.get("outputs", [])
+                if o.get("name") == "stderr"
+            ]
+            assert not [t for t in streams if "TqdmWarning" in t], (rid, stage, streams)
     assert (g / "_pages" / "data.ipynb").is_file() and (g / "_pages" / "results.ipynb").is_file()
     sys.stderr.write(f"\nsmoke grid: {smoke.seconds:.0f} s\n")
 
@@ -240,6 +249,25 @@ def test_results_page_renders_in_headless_chromium(server: Server, smoke: Smoke)
                 ".map(i => [i.complete, i.naturalWidth, i.src.slice(0, 60)])"
             )
             errors_shown = page.locator(".output.error, .output.traceback, .traceback").count()
+            # a table wider than the text column must sit in a horizontally scrollable box
+            clipped = page.evaluate(
+                """() => {
+                  const box = document.querySelector('article') || document.querySelector('main');
+                  const right = box.getBoundingClientRect().right;
+                  const bad = [];
+                  for (const t of document.querySelectorAll('main table')) {
+                    let el = t.parentElement, scrolls = false;
+                    while (el && el.tagName !== 'MAIN') {
+                      const ox = getComputedStyle(el).overflowX;
+                      if (ox === 'auto' || ox === 'scroll') { scrolls = true; break; }
+                      el = el.parentElement;
+                    }
+                    const r = t.getBoundingClientRect().right;
+                    if (!scrolls && r > right + 1) bad.push([t.id || t.className, r, right]);
+                  }
+                  return bad;
+                }"""
+            )
             # one run page too, for people looking at the screenshots; its console is not
             # checked (MathJax comes from a CDN, which an offline machine cannot reach)
             page.remove_listener("console", on_console)
@@ -260,6 +288,7 @@ def test_results_page_renders_in_headless_chromium(server: Server, smoke: Smoke)
     assert images, "no figure on the results page"
     assert all(done and width > 0 for done, width, _ in images), images
     assert errors_shown == 0
+    assert not clipped, f"tables run past the text column, unscrollable: {clipped}"
     assert "Traceback" not in text and "Error:" not in text
     ours = [e for e in console_errors if not e.startswith(THEME_NOISE)]
     assert not ours, console_errors

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from imbalens.config import atomic_write_text
 from imbalens.distributed import DistInfo, EpochSampler, SeededDataset, gather_arrays

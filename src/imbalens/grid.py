@@ -575,7 +575,7 @@ def _write_grid_json(report: GridReport, spec: GridSpec, started: str) -> None:
 
 
 def _progress(total: int, enabled: bool | None) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     disable = (not sys.stderr.isatty()) if enabled is None else not enabled
     return tqdm(total=total, desc="stages", unit="stage", disable=disable)
