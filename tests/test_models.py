@@ -296,3 +296,24 @@ def test_register_a_model_in_one_place() -> None:
     finally:
         MODELS.pop("toy", None)
         MODELS.pop("broken", None)
+
+
+def test_zero_init_residual_starts_blocks_as_identity(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = build_model("resnet50", 2)
+    assert all(b.bn3.weight.abs().sum() > 0 for b in plain.modules() if hasattr(b, "bn3"))
+    torch.manual_seed(0)
+    zeroed = build_model("resnet50", 2, zero_residual=True)
+    blocks = [m for m in zeroed.modules() if isinstance(m, torchvision.models.resnet.Bottleneck)]
+    assert len(blocks) == 16 and all(torch.all(b.bn3.weight == 0) for b in blocks)
+    # a block then computes relu(x + shortcut(x)): its residual branch adds nothing
+    block = zeroed.layer2[1].eval()
+    x = torch.rand(1, 512, 8, 8)
+    assert torch.equal(block(x), torch.relu(x))
+    # T-DenseNet has no residual blocks: unchanged
+    assert models.zero_init_residual(build_model("t-densenet", 2)) == 0
+    # loaded weights replace the initialisation
+    path = tmp_path / "w.pt"
+    torch.save(plain.state_dict(), path)
+    loaded = build_model("resnet50", 2, weights=path, zero_residual=True)
+    assert torch.equal(loaded.layer1[0].bn3.weight, plain.layer1[0].bn3.weight)

@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "name": "resnet50",  # resnet50 | t-densenet
         "weights": None,  # null (random init) | imagenet | path to a checkpoint
+        # random init only: residual blocks start as the identity (Goyal et al. 2017)
+        "zero_init_residual": True,
     },
     "loss": {
         "name": "bce",  # bce | wbce | focal | cbfocal

@@ -338,8 +338,36 @@ def _check_contract(model: nn.Module, name: str, num_classes: int) -> None:
         raise TypeError(f"model {name!r}: head {model.head!r} must be Linear(*, {num_classes})")
 
 
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the scale $\\gamma$ of the last BatchNorm in every residual block.
+
+    Each block $y = x + F(x)$ then starts as the identity, $F(x) = 0$, which makes a
+    randomly initialised ResNet train markedly faster in short schedules (Goyal et al.,
+    "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017, Sec. 5.1;
+    torchvision's ``zero_init_residual``). Models without torchvision residual blocks
+    (T-DenseNet) are left unchanged.
+
+    Returns:
+        The number of blocks changed.
+    """
+    last_bn = {
+        torchvision.models.resnet.Bottleneck: "bn3",
+        torchvision.models.resnet.BasicBlock: "bn2",
+    }
+    n = 0
+    for module in model.modules():
+        attr = last_bn.get(type(module))
+        if attr is not None:
+            nn.init.zeros_(getattr(module, attr).weight)
+            n += 1
+    return n
+
+
 def build_model(
-    name: str, num_classes: int, weights: str | os.PathLike[str] | None = None
+    name: str,
+    num_classes: int,
+    weights: str | os.PathLike[str] | None = None,
+    zero_residual: bool = False,
 ) -> nn.Module:
     """Build a registered classifier with ``num_classes`` logits.
 
@@ -348,6 +376,8 @@ def build_model(
         num_classes: number of outputs (14 or 15 multi-label, 1 binary).
         weights: ``None`` (random initialisation), ``"imagenet"`` (torchvision's ImageNet
             weights for the backbone, new head) or the path of a local checkpoint.
+        zero_residual: with random initialisation, start every residual block as the
+            identity (:func:`zero_init_residual`); loaded weights replace it.
 
     Returns:
         The model in train mode, with ``name``, ``cam_layer``, ``dissect_layers``, ``head``.
@@ -363,6 +393,8 @@ def build_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     imagenet = isinstance(weights, str) and weights.lower() == "imagenet"
     model = MODELS[name](int(num_classes), imagenet)
+    if zero_residual and weights is None:
+        zero_init_residual(model)
     model.name = name
     _check_contract(model, name, int(num_classes))
     if weights is not None and not imagenet:

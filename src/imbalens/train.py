@@ -428,7 +428,8 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     )
 
     # model, loss, optimiser, schedule
-    model = build_model(cfg["model"]["name"], len(class_names), cfg["model"]["weights"])
+    m = cfg["model"]
+    model = build_model(m["name"], len(class_names), m["weights"], m["zero_init_residual"])
     if t["sync_bn"] and info.distributed:
         if device.type == "cpu":
             raise ConfigError(
