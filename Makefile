@@ -10,7 +10,7 @@ GRID ?= params/quick.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format study book bench clean
+.PHONY: help install test lint format study book bench cuda-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ book: $(STAMP) ## rebuild the book from the runs already executed
 
 bench: $(STAMP) ## CPU speed benchmark (fp32 vs bf16+channels_last, side by side)
 	$(RUN) $(BIN)/python benchmarks/speed.py
+
+cuda-check: $(STAMP) ## on a GPU machine: CUDA tests, AMP/fp16/NCCL/resume runs, GPU speed
+	PY=$(BIN)/python bash benchmarks/cuda_check.sh
 
 clean: ## remove runs, built book and caches (keeps .venv and data)
 	rm -rf runs _build book/_build .pytest_cache .ruff_cache

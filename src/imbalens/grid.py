@@ -3,7 +3,7 @@
 A params file (``params/*.yaml``) describes one grid::
 
     name: quick
-    base: {data: {root: data/phantom, image_size: 96}, train: {epochs: 4}}  # onto DEFAULTS
+    base: {data: {root: data/phantom, image_size: 80}, train: {epochs: 4}}  # onto DEFAULTS
     axes: {model.name: [t-densenet, resnet50], loss.name: [bce, wbce, focal, cbfocal]}
     run_id: "{model.name}-{loss.name}-{data.task}-s{train.seed}"
     stages: [train, performance, alignment, concepts]
