@@ -71,6 +71,38 @@ def read_source(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
     return nb
 
 
+#: Longest IPC socket path used (Unix sockets allow ~107 bytes; the kernel adds "-<n>").
+_IPC_PATH_MAX = 96
+
+
+def kernel_manager_class() -> type | None:
+    """The kernel manager for papermill: local IPC sockets instead of TCP ports.
+
+    Kernels started this way listen on no network port, and ipykernel (>= 7) prints no
+    "Kernel is running over TCP without encryption" warning for each of the grid's
+    notebooks. Returns ``None`` (jupyter_client's default, TCP) where IPC sockets are
+    unavailable (Windows) or the runtime folder's path is too long for a Unix socket.
+    """
+    if os.name != "posix":
+        return None
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import default
+
+    longest = os.path.join(jupyter_runtime_dir(), "kernel-" + "x" * 36 + "-ipc-99")
+    if len(longest.encode()) > _IPC_PATH_MAX:
+        return None
+
+    class IPCKernelManager(AsyncKernelManager):
+        """``AsyncKernelManager`` with ``transport = "ipc"`` by default."""
+
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def _is_interrupt(exc: BaseException) -> bool:
     """True when a papermill failure was a KeyboardInterrupt inside the kernel."""
     return getattr(exc, "ename", None) == "KeyboardInterrupt"
@@ -99,6 +131,8 @@ def execute(
     partial = out.with_name(f".{out.stem}.partial.ipynb")
     failed = out.with_name(f"{out.stem}.failed.ipynb")
     nb = read_source(source)
+    manager = kernel_manager_class()
+    extra: dict[str, Any] = {"kernel_manager_class": manager} if manager is not None else {}
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -109,6 +143,7 @@ def execute(
             progress_bar=False,
             cwd=str(cwd) if cwd is not None else None,
             start_timeout=start_timeout,
+            **extra,
         )
     except KeyboardInterrupt:
         partial.unlink(missing_ok=True)
