@@ -94,11 +94,22 @@ def kernel_manager_class() -> type | None:
         return None
 
     class IPCKernelManager(AsyncKernelManager):
-        """``AsyncKernelManager`` with ``transport = "ipc"`` by default."""
+        """``AsyncKernelManager`` with ``transport = "ipc"`` by default.
+
+        It also sends no SIGINT ahead of the shutdown request: papermill shuts a kernel
+        down once every cell has run, and the interrupt then only made the kernel log
+        "KeyboardInterrupt caught in kernel" now and then. A busy kernel still gets
+        SIGTERM and SIGKILL (``shutdown_wait_time``).
+        """
 
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        async def _async_interrupt_kernel(self) -> None:
+            if getattr(self, "shutting_down", False):
+                return
+            await super()._async_interrupt_kernel()
 
     return IPCKernelManager
 
