@@ -11,6 +11,7 @@ source ``.py`` is never written back (no ``jupytext --sync`` after papermill).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -75,8 +76,11 @@ def read_source(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
 _IPC_PATH_MAX = 96
 
 
+@functools.cache
 def kernel_manager_class() -> type | None:
     """The kernel manager for papermill: local IPC sockets instead of TCP ports.
+
+    Built once per process (the grid executes many notebooks).
 
     Kernels started this way listen on no network port, and ipykernel (>= 7) prints no
     "Kernel is running over TCP without encryption" warning for each of the grid's
