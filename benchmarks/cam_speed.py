@@ -18,8 +18,8 @@ import torch
 from pytorch_grad_cam import GradCAM as PkgGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from imbalens.cam import class_activation_maps, get_module
-from imbalens.models import build_model
+from imbalens.explain.cam import class_activation_maps, get_module
+from imbalens.training.models import build_model
 
 
 def bench(name: str, batch: int, size: int, classes: int, repeats: int) -> dict[str, object]:

@@ -60,7 +60,7 @@ class Synthetic:
 def worker(mode: str, shape: str, n: int, batch: int) -> dict[str, object]:
     import torch
 
-    from imbalens.dissect import count_concepts
+    from imbalens.explain.dissect import count_concepts
 
     torch.set_num_threads(1)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

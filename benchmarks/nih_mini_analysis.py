@@ -1,6 +1,6 @@
 """Full analysis (CAM alignment + concepts) of random-initialised models on nih-mini.
 
-Runs :func:`imbalens.analyse.analyse_model` on the boxed images of
+Runs :func:`imbalens.explain.analyse.analyse_model` on the boxed images of
 ``../shared/data/nih-mini`` (880 real NIH images with expert boxes) at 224 px for
 T-DenseNet and ResNet50 (random initialisation, seed 0) and reports the wall time of
 each step. With ``--limit N`` only the first N boxed images are analysed and the time
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from imbalens.analyse import analyse_model
 from imbalens.config import merge_config
-from imbalens.data import load_nih
-from imbalens.models import build_model
-from imbalens.precision import resolve_precision
+from imbalens.data.nih import load_nih
+from imbalens.explain.analyse import analyse_model
+from imbalens.training.models import build_model
+from imbalens.training.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-mini"
 

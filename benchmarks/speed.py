@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from imbalens.models import build_model
-from imbalens.precision import autocast_context, cpu_supports_bf16
+from imbalens.training.models import build_model
+from imbalens.training.precision import autocast_context, cpu_supports_bf16
 
 MODES: dict[str, tuple[str, bool]] = {
     "fp32": ("fp32", False),

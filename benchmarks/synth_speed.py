@@ -1,4 +1,4 @@
-"""Time ``imbalens.synth.generate`` for 4,000 images at 256 px with 1 and 2 workers.
+"""Time ``imbalens.data.synth.generate`` for 4,000 images at 256 px with 1 and 2 workers.
 
 Usage: ``.venv/bin/python benchmarks/synth_speed.py [--images N] [--size S] [--workers 1 2]``
 Prints wall-clock and CPU seconds and the phantom's disk size (MB) per worker count, and checks
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from imbalens.synth import generate
+from imbalens.data.synth import generate
 
 
 def _digest(root: Path) -> str:

@@ -31,7 +31,7 @@ which = "best"
 # saliency that lies in the box (precision-like). The paper's Table 1 reports their mean
 # over all maps.
 #
-# 1. Computing the maps and overlaps (`imbalens.analyse.analyse_run`)
+# 1. Computing the maps and overlaps (`imbalens.explain.analyse.analyse_run`)
 # 2. One example per finding, box outlined
 # 3. IoBB and IoR by finding
 #
@@ -52,13 +52,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from imbalens.analyse import analyse_run
 from imbalens.config import load_config
-from imbalens.plots import alignment_bars, cam_gallery
-from imbalens.results import cam_samples, loss_label, model_label
+from imbalens.explain.analyse import analyse_run
+from imbalens.runfolder import RunFolder
+from imbalens.study.plots import alignment_bars, cam_gallery
+from imbalens.study.results import cam_samples, loss_label, model_label
 
 run = Path(run_dir)
-cfg = load_config(run / "config.yaml")
+folder = RunFolder(run)
+cfg = load_config(folder.config)
 loss = cfg["loss"]["name"]
 title = f"{model_label(cfg['model']['name'])}, {loss_label(loss)}, {cfg['data']['task']}"
 
@@ -95,7 +97,7 @@ else:
 # every map, is the number the paper's Table 1 reports.
 
 # %%
-summary = pd.read_csv(run / "alignment_summary.csv")
+summary = pd.read_csv(folder.alignment_summary)
 summary.set_index("finding").round(3)
 
 # %%

@@ -56,15 +56,17 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from imbalens.config import load_config
-from imbalens.plots import concept_channels_figure
-from imbalens.results import detectors_by_finding, loss_label, model_label
+from imbalens.runfolder import RunFolder
+from imbalens.study.plots import concept_channels_figure
+from imbalens.study.results import detectors_by_finding, loss_label, model_label
 
 run = Path(run_dir)
-cfg = load_config(run / "config.yaml")
+folder = RunFolder(run)
+cfg = load_config(folder.config)
 title = (
     f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
 )
-concepts = json.loads((run / "concepts.json").read_text())
+concepts = json.loads((folder.concepts).read_text())
 
 # %% [markdown]
 # ## Disjoint and Unique
@@ -104,7 +106,7 @@ per_finding.round(2) if len(per_finding) else "no per-finding counts in concepts
 # number of regions; the figure shows how concentrated the detections are.
 
 # %%
-channels = pd.read_csv(run / "concepts_channels.csv")
+channels = pd.read_csv(folder.concepts_channels)
 if "layer" not in channels:
     channels["layer"] = concepts.get("layer", "?")
 for layer, part in channels.groupby("layer", sort=False):

@@ -56,8 +56,9 @@ n_examples = 3
 
 # %%
 # %matplotlib inline
-from imbalens.dataviz import example_grid, prevalence, prevalence_bars, repo_path
-from imbalens.synth import generate, read_manifest
+from imbalens.data.synth import generate, read_manifest
+from imbalens.paths import repo_path
+from imbalens.study.dataviz import example_grid, prevalence, prevalence_bars
 
 phantom = repo_path(phantom_root)
 nih_mini = repo_path(nih_mini_root)

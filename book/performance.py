@@ -47,11 +47,13 @@ from pathlib import Path
 import pandas as pd
 
 from imbalens.config import load_config
-from imbalens.plots import performance_bars
-from imbalens.results import loss_label, model_label, performance_rows
+from imbalens.runfolder import RunFolder
+from imbalens.study.plots import performance_bars
+from imbalens.study.results import loss_label, model_label, performance_rows
 
 run = Path(run_dir)
-cfg = load_config(run / "config.yaml")
+folder = RunFolder(run)
+cfg = load_config(folder.config)
 task = cfg["data"]["task"]
 title = f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {task}"
 
@@ -64,7 +66,7 @@ title = f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}
 # NaN-excluded mean over classes; the binary task has the single class *Unhealthy*.
 
 # %%
-metrics = json.loads((run / "metrics.json").read_text())
+metrics = json.loads((folder.metrics).read_text())
 table = pd.DataFrame(performance_rows(metrics, task)).set_index("class")
 table["n_pos"] = pd.Series(metrics.get("n_pos", {}), dtype="Int64")
 table.round(3)
@@ -77,7 +79,7 @@ table.round(3)
 # predict less than the prevalence for rare classes.
 
 # %%
-pred = pd.read_csv(run / "predictions_test.csv")
+pred = pd.read_csv(folder.predictions("test"))
 classes = [c.split(":", 1)[1] for c in pred.columns if c.startswith("prob:")]
 prevalence = pd.DataFrame(
     {

@@ -56,9 +56,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from imbalens.claims import claims_view, evaluate_claims, style_claims
-from imbalens.plots import comparison_bars, figure1, figure2
-from imbalens.results import (
+from imbalens.study.claims import claims_view, evaluate_claims, style_claims
+from imbalens.study.plots import comparison_bars, figure1, figure2
+from imbalens.study.results import (
     METRIC_LABELS,
     TASK_LABELS,
     cam_samples,

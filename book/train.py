@@ -47,12 +47,14 @@ import pandas as pd
 import yaml
 
 from imbalens.config import load_config
-from imbalens.plots import history_curves
-from imbalens.results import loss_label, model_label, performance_rows
-from imbalens.train import train
+from imbalens.runfolder import RunFolder
+from imbalens.study.plots import history_curves
+from imbalens.study.results import loss_label, model_label, performance_rows
+from imbalens.training.train import train
 
 run = Path(run_dir)
-cfg = load_config(run / "config.yaml")
+folder = RunFolder(run)
+cfg = load_config(folder.config)
 
 # %% [markdown]
 # ## The configuration
@@ -66,7 +68,7 @@ print(yaml.safe_dump(cfg, sort_keys=False))
 # %% [markdown]
 # ## Training
 #
-# `imbalens.train.train` trains with the loss of the config, keeps the checkpoint with
+# `imbalens.training.train.train` trains with the loss of the config, keeps the checkpoint with
 # the best validation mean AUROC (`checkpoints/best.pt`) and evaluates it on the test
 # split. Its return value is the test metrics.
 
@@ -87,7 +89,7 @@ print(
 # different loss functions are on different scales and cannot be compared across runs.
 
 # %%
-history = pd.read_csv(run / "history.csv")
+history = pd.read_csv(folder.history)
 fig = history_curves(history, title=title)
 
 # %% [markdown]

@@ -22,7 +22,7 @@ def nih_mini_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small phantom (400 images, 64 px, seed 0) in NIH's layout, made once per session."""
-    from imbalens.synth import generate
+    from imbalens.data.synth import generate
 
     out = tmp_path_factory.mktemp("phantom")
     generate(out, n_images=400, size=64, seed=0, boxes="all", workers=1)

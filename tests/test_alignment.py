@@ -1,4 +1,4 @@
-"""Known-answer tests for imbalens.alignment (IoBB / IoR on hand-drawn maps)."""
+"""Known-answer tests for imbalens.explain.alignment (IoBB / IoR on hand-drawn maps)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from imbalens.alignment import alignment_table, soft_iobb, soft_ior, summarise_alignment
-from imbalens.findings import BOXED_FINDINGS, class_names
+from imbalens.data.findings import BOXED_FINDINGS, class_names
+from imbalens.explain.alignment import alignment_table, soft_iobb, soft_ior, summarise_alignment
 
 
 def _map_and_mask() -> tuple[torch.Tensor, torch.Tensor]:

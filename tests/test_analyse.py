@@ -1,4 +1,4 @@
-"""End-to-end test of imbalens.analyse on the tiny phantom with random-init models."""
+"""End-to-end test of imbalens.explain.analyse on the tiny phantom with random-init models."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from imbalens.alignment import soft_iobb
-from imbalens.analyse import DONE, analyse_model, analyse_run
-from imbalens.cam import class_activation_maps
 from imbalens.config import dump_config, merge_config
-from imbalens.data import load_nih
-from imbalens.findings import BOXED_FINDINGS
+from imbalens.data.findings import BOXED_FINDINGS
+from imbalens.data.nih import load_nih
+from imbalens.explain.alignment import soft_iobb
+from imbalens.explain.analyse import DONE, analyse_model, analyse_run
+from imbalens.explain.cam import class_activation_maps
 
 LIMIT = 12
 
@@ -31,7 +31,7 @@ def _cfg(root, task="multilabel", name="t-densenet"):
 
 
 def test_analyse_model_end_to_end(tiny_phantom, tmp_path):
-    from imbalens.models import build_model
+    from imbalens.training.models import build_model
 
     cfg = _cfg(tiny_phantom)
     data = load_nih(tiny_phantom)
@@ -70,9 +70,9 @@ def test_analyse_model_end_to_end(tiny_phantom, tmp_path):
 
 
 def test_analyse_run_binary_resnet_cli(tiny_phantom, tmp_path):
-    from imbalens.checkpoint import save_checkpoint
     from imbalens.cli import main
-    from imbalens.models import build_model
+    from imbalens.training.checkpoint import save_checkpoint
+    from imbalens.training.models import build_model
 
     cfg = _cfg(tiny_phantom, task="binary", name="resnet50")
     cfg["analysis"]["layer"] = "layer3"

@@ -1,4 +1,4 @@
-"""Known-answer tests for imbalens.cam (CAM, Grad-CAM, agreement with pytorch-grad-cam)."""
+"""Known-answer tests for imbalens.explain.cam (CAM, Grad-CAM, agreement with pytorch-grad-cam)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imbalens.cam import GradCAM, class_activation_maps, minmax
+from imbalens.explain.cam import GradCAM, class_activation_maps, minmax
 
 
 class ToyGAP(nn.Module):
@@ -110,13 +110,13 @@ def test_gradcam_removes_hooks_and_needs_context():
 
 
 def _t_densenet(num_classes: int) -> nn.Module:
-    from imbalens.models import build_model
+    from imbalens.training.models import build_model
 
     return build_model("t-densenet", num_classes)
 
 
 def _resnet50(num_classes: int) -> nn.Module:
-    from imbalens.models import build_model
+    from imbalens.training.models import build_model
 
     return build_model("resnet50", num_classes)
 
@@ -131,7 +131,7 @@ def test_agrees_with_pytorch_grad_cam(builder, size):
     from pytorch_grad_cam import GradCAM as PkgGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from imbalens.cam import get_module
+    from imbalens.explain.cam import get_module
 
     torch.manual_seed(0)
     model = builder(4).eval()

@@ -1,4 +1,4 @@
-"""imbalens.claims: each claim on hand-made numbers whose truth is known."""
+"""imbalens.study.claims: each claim on hand-made numbers whose truth is known."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imbalens.claims import CLAIMS, claims_from_table, evaluate_claims, verdict_text
-from imbalens.results import GridResults
+from imbalens.study.claims import CLAIMS, claims_from_table, evaluate_claims, verdict_text
+from imbalens.study.results import GridResults
 
 
 def table(**cols: list[float]) -> pd.DataFrame:
@@ -135,7 +135,7 @@ def test_verdict_text() -> None:
 
 
 def test_claims_view_labels_and_styles() -> None:
-    from imbalens.claims import VERDICT_COLOURS, claims_view, style_claims
+    from imbalens.study.claims import VERDICT_COLOURS, claims_view, style_claims
 
     view = claims_view(evaluate_claims(grid_results([0.1, 0.2], [0.2, 0.3], [0.3, 0.2])))
     assert view.index.names == ["task", "model", "claim"]

@@ -1,21 +1,15 @@
-"""imbalens.config: defaults, strict merging, overrides, hashing, atomic writes."""
+"""imbalens.config: defaults, strict merging, overrides, hashing."""
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import pytest
-import yaml
 
 from imbalens.config import (
     DEFAULTS,
     ConfigError,
-    atomic_path,
-    atomic_write_text,
     config_hash,
-    dump_config,
     load_config,
     merge_config,
 )
@@ -71,27 +65,3 @@ def test_config_hash_is_stable_and_sensitive() -> None:
     b = merge_config()
     assert config_hash(a) == config_hash(b) and len(config_hash(a)) == 12
     assert config_hash(merge_config(overrides=["train.seed=1"])) != config_hash(a)
-
-
-def test_atomic_write_gives_normal_permissions_and_round_trips(tmp_path: Path) -> None:
-    cfg = merge_config(overrides=["train.epochs=2"])
-    path = tmp_path / "run" / "config.yaml"
-    dump_config(cfg, path)
-    assert yaml.safe_load(path.read_text()) == cfg
-    umask = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "x.txt", "hello")
-    finally:
-        os.umask(umask)
-    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "x.txt"]
-
-
-def test_atomic_path_leaves_old_file_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "metrics.json"
-    target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("killed")
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

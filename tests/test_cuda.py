@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 
-from imbalens.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imbalens.config import merge_config
-from imbalens.train import CRASH_ENV, CRASH_EXIT_CODE, train
+from imbalens.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imbalens.training.train import CRASH_ENV, CRASH_EXIT_CODE, train
 
 pytestmark = [
     pytest.mark.cuda,

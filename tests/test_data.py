@@ -1,4 +1,4 @@
-"""imbalens.data on tiny generated NIH-layout fixtures, both Data_Entry_2017.csv revisions.
+"""imbalens.data.nih on tiny generated NIH-layout fixtures, both Data_Entry_2017.csv revisions.
 
 The fixture: 20 train_val patients (1..20) and 4 test patients (21..24), two images each
 (48 images), 32 px PNGs except one RGBA 48 px and one 16-bit 64 px image. Labels are
@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imbalens.data import (
+from imbalens.data.findings import BOXED_FINDINGS, FINDINGS
+from imbalens.data.nih import (
     DataWarning,
     NIHDataset,
     box_mask,
@@ -28,7 +29,6 @@ from imbalens.data import (
     read_data_entry,
     read_image,
 )
-from imbalens.findings import BOXED_FINDINGS, FINDINGS
 
 SIZE = 32
 TRAIN_VAL_PATIENTS = range(1, 21)
@@ -385,7 +385,7 @@ def test_cache_decodes_once_and_matches(nih_2020: Path, monkeypatch: pytest.Monk
     cached = data.dataset("test", SIZE, cache=True)
     assert cached.cache is not None and cached.cache.shape == (8, SIZE, SIZE)
     assert cached.preload(threads=2) >= 0
-    import imbalens.data as mod
+    import imbalens.data.nih as mod
 
     def no_decoding(path: Path) -> np.ndarray:
         raise AssertionError(f"decoded {path} again")
@@ -463,7 +463,7 @@ def test_dataloader_workers_share_cache(nih_2020: Path) -> None:
 
 
 def test_reads_the_phantom(tiny_phantom: Path) -> None:
-    """The phantom of imbalens.synth (boxes on all images) reads without warnings; the
+    """The phantom of imbalens.data.synth (boxes on all images) reads without warnings; the
     boxed split is the test images that have boxes, each with a non-empty mask."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -482,7 +482,7 @@ def test_reads_the_phantom(tiny_phantom: Path) -> None:
 
 
 def test_load_nih_from_config_fills_defaults(tiny_phantom: Path) -> None:
-    from imbalens.data import load_nih, load_nih_from_config
+    from imbalens.data.nih import load_nih, load_nih_from_config
 
     data = load_nih_from_config({"root": str(tiny_phantom), "task": "binary"})
     assert data.class_names == ["Unhealthy"]

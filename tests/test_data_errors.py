@@ -1,4 +1,4 @@
-"""Bad input to imbalens.data: each a clear error or warning naming the file and row."""
+"""Bad input to imbalens.data.nih: each a clear error or warning naming the file and row."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from test_data import BOX_HEADER, ENTRY_HEADER, image_names, write_nih
 
-from imbalens.data import (
+from imbalens.data.nih import (
     NIH_URL,
     DataError,
     DataWarning,

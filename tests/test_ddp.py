@@ -25,15 +25,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from imbalens.checkpoint import load_checkpoint
 from imbalens.config import merge_config
+from imbalens.training.checkpoint import load_checkpoint
 
 ENTRY = textwrap.dedent(
     '''
     """Entry point for the DDP test: registers a BN-free toy model, records file writes."""
     import atexit, json, os, sys, tempfile
     from torch import nn
-    from imbalens.models import MODELS, register_model
+    from imbalens.training.models import MODELS, register_model
 
     class ToyGAP(nn.Module):
         def __init__(self, num_classes):

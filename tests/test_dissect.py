@@ -1,4 +1,4 @@
-"""Known-answer tests for imbalens.dissect (planted activations, thresholds, wrapper)."""
+"""Known-answer tests for imbalens.explain.dissect (planted activations, thresholds, wrapper)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from imbalens.dissect import count_concepts, dissect_model, streaming_quantile
+from imbalens.explain.dissect import count_concepts, dissect_model, streaming_quantile
 
 Q = 0.02  # every channel has >= 8 of 192 cells at 1.0, so tau_c == 1.0 exactly
 
@@ -154,7 +154,7 @@ def test_dissect_model_matches_core(cache):
     "cache,exact,passes", [(False, False, 4), (False, True, 3), (True, False, 1)]
 )
 def test_activation_stream_passes(cache, exact, passes):
-    from imbalens.dissect import ActivationStream
+    from imbalens.explain.dissect import ActivationStream
 
     stream = ActivationStream(_Identity(), _Boxed(), "features", batch_size=2, cache=cache)
     res = count_concepts(stream, Q, exact=exact)

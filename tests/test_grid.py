@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from imbalens.config import ConfigError
-from imbalens.grid import (
+from imbalens.study.grid import (
     expand,
     format_run_id,
     load_params,
@@ -49,7 +49,7 @@ if "{stage}" == "alignment" and (rd.parent / "interrupt.txt").exists():
 if "{stage}" == "alignment" and (rd.parent / "hang.txt").exists():
     (rd.parent / "started.txt").write_text("yes")
     time.sleep(120)
-if "{stage}" == "train":  # like imbalens.train: rewrite config.yaml with an extra key
+if "{stage}" == "train":  # like imbalens.training.train: rewrite config.yaml with an extra key
     cfg["train"]["added_by_training"] = True
     (rd / "config.yaml").write_text(yaml.safe_dump(cfg))
 print("{stage} ok", cfg["loss"]["name"])
@@ -356,7 +356,7 @@ def test_parallel_jobs(tmp_path: Path, notebooks: Path) -> None:
 
 
 def test_source_without_parameters_cell_is_an_error(tmp_path: Path) -> None:
-    from imbalens.notebooks import read_source
+    from imbalens.study.notebooks import read_source
 
     p = tmp_path / "x.py"
     p.write_text(textwrap.dedent("# %%\nx = 1\n"))
@@ -366,7 +366,7 @@ def test_source_without_parameters_cell_is_an_error(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the book
 def test_book_assembles_toc_hides_parameters_and_builds(tmp_path: Path, notebooks: Path) -> None:
-    from imbalens.book import BookError, assemble, build
+    from imbalens.study.book import BookError, assemble, build
 
     params = write_params(tmp_path, axes={"loss.name": ["bce", "wbce"]})
     out = tmp_path / "runs"
@@ -430,7 +430,7 @@ def test_kernel_manager_ipc_and_no_sigint_before_shutdown(monkeypatch: pytest.Mo
 
     from jupyter_client.manager import AsyncKernelManager
 
-    from imbalens.notebooks import kernel_manager_class
+    from imbalens.study.notebooks import kernel_manager_class
 
     cls = kernel_manager_class()
     assert cls is not None  # POSIX with a short runtime path

@@ -1,4 +1,4 @@
-"""Known-answer tests for imbalens.losses (the unified weighted BCE of the paper)."""
+"""Known-answer tests for imbalens.training.losses (the unified weighted BCE of the paper)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from imbalens.losses import LOSSES, build_loss, effective_number
+from imbalens.training.losses import LOSSES, build_loss, effective_number
 
 LN2 = math.log(2.0)
 

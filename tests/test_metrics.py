@@ -1,4 +1,4 @@
-"""Known-answer tests for imbalens.metrics."""
+"""Known-answer tests for imbalens.training.metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imbalens.metrics import performance, summary_frame
+from imbalens.training.metrics import performance, summary_frame
 
 # Class A: positives score 0.35, 0.8; negatives 0.1, 0.4.
 #   AUROC: of the 4 (pos, neg) pairs 3 are ordered right -> 3/4.

@@ -1,4 +1,4 @@
-"""Tests for imbalens.models: shapes, parameter counts, the GAP+linear identity, hooks, weights."""
+"""Tests for imbalens.training.models: shapes, parameter counts, the GAP+linear identity, hooks, weights."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torchvision
 from torch import nn
 
-from imbalens import models
-from imbalens.models import DEFAULT_Q, MODELS, build_model, register_model
+from imbalens.training import models
+from imbalens.training.models import DEFAULT_Q, MODELS, build_model, register_model
 
 NAMES = ["resnet50", "t-densenet"]
 # Parameters without the head (torchvision's ResNet50: 25,557,032 - fc 2,049,000;
@@ -245,7 +245,7 @@ def test_local_checkpoint_round_trip(tmp_path: Path) -> None:
     source = build_model("t-densenet", 3)
     plain = tmp_path / "plain.pt"
     torch.save(source.state_dict(), plain)
-    wrapped = tmp_path / "run.pt"  # an imbalens.train checkpoint, saved from DDP
+    wrapped = tmp_path / "run.pt"  # an imbalens.training.train checkpoint, saved from DDP
     state = {f"module.{k}": v for k, v in source.state_dict().items()}
     torch.save({"model": state, "epoch": 3}, wrapped)
     for path in (plain, str(wrapped)):

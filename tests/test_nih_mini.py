@@ -1,4 +1,4 @@
-"""imbalens.data on the real nih-mini subset (2,467 NIH images, 256 px); skipped without it.
+"""imbalens.data.nih on the real nih-mini subset (2,467 NIH images, 256 px); skipped without it.
 
 Known answers from shared/data/nih-mini/README.md and NIH's BBox_List_2017.csv.
 Only the 880 boxed images are decoded, once (into a cached dataset shared by the tests).
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from imbalens.data import NIHData, NIHDataset, box_mask, load_boxes, load_nih
-from imbalens.findings import BOXED_FINDINGS, RELEASE_SIZE
+from imbalens.data.findings import BOXED_FINDINGS, RELEASE_SIZE
+from imbalens.data.nih import NIHData, NIHDataset, box_mask, load_boxes, load_nih
 
 pytestmark = pytest.mark.nihmini
 

@@ -1,4 +1,4 @@
-"""imbalens.plots: figures have the expected axes, bars, boxes and colours."""
+"""imbalens.study.plots: figures have the expected axes, bars, boxes and colours."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.patches import Rectangle
 
-from imbalens.plots import (
+from imbalens.study.plots import (
     LOSS_COLORS,
     alignment_bars,
     cam_overlay,
@@ -24,7 +24,7 @@ from imbalens.plots import (
     history_curves,
     performance_bars,
 )
-from imbalens.results import CamSample
+from imbalens.study.results import CamSample
 
 
 @pytest.fixture(autouse=True)

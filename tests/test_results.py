@@ -1,4 +1,4 @@
-"""imbalens.results: reading fake run folders into tidy tables, the paper's numbers."""
+"""imbalens.study.results: reading fake run folders into tidy tables, the paper's numbers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from imbalens.results import (
+from imbalens.study.results import (
     AVERAGE,
     load_grid,
     loss_table,
@@ -57,7 +57,7 @@ def write_run(
     (run / "metrics.json").write_text(json.dumps(metrics))
     (run / "train.done").write_text("")
     if iobb is not None:
-        # the column names imbalens.alignment.summarise_alignment writes
+        # the column names imbalens.explain.alignment.summarise_alignment writes
         pd.DataFrame(
             {
                 "finding": ["Mass", "all"],
@@ -184,8 +184,8 @@ def test_pick_boxed_images_prefers_distinct_images() -> None:
 
 
 def test_empty_and_partial_grids_do_not_crash(tmp_path: Path) -> None:
-    from imbalens.claims import evaluate_claims
-    from imbalens.results import design_gaps
+    from imbalens.study.claims import evaluate_claims
+    from imbalens.study.results import design_gaps
 
     empty = load_grid(tmp_path)
     assert loss_table(empty).empty

@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from imbalens.checkpoint import load_checkpoint
 from imbalens.config import merge_config
-from imbalens.train import CRASH_ENV, CRASH_EXIT_CODE, train
+from imbalens.training.checkpoint import load_checkpoint
+from imbalens.training.train import CRASH_ENV, CRASH_EXIT_CODE, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

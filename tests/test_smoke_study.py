@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imbalens.grid import STAGES, marker_path, recorded_hash
+from imbalens.study.grid import STAGES, marker_path, recorded_hash
 
 pytestmark = pytest.mark.slow
 

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imbalens.findings import (
+from imbalens.data.anatomy import render, support_box
+from imbalens.data.findings import (
     BOXED_FINDINGS,
     FINDINGS,
     NIH_IMAGE_COUNTS,
     NIH_TOTAL_IMAGES,
     NO_FINDING,
 )
-from imbalens.phantom_anatomy import render, support_box
-from imbalens.synth import (
+from imbalens.data.synth import (
     MIN_POSITIVES_PER_SPLIT,
     _solve_z,
     code_digest,
@@ -226,7 +226,7 @@ def test_boxes_only_on_test_images_by_default(tmp_path: Path) -> None:
 
 
 def test_round_trip_through_the_nih_reader(tiny_phantom: Path) -> None:
-    from imbalens.data import load_nih
+    from imbalens.data.nih import load_nih
 
     data = load_nih(tiny_phantom)
     entry = pd.read_csv(tiny_phantom / "Data_Entry_2017.csv")
@@ -250,7 +250,8 @@ def test_round_trip_through_the_nih_reader(tiny_phantom: Path) -> None:
 
 
 def test_data_page_prevalence_table(tiny_phantom: Path) -> None:
-    from imbalens.dataviz import prevalence, repo_path
+    from imbalens.paths import repo_path
+    from imbalens.study.dataviz import prevalence
 
     table = prevalence({"phantom": tiny_phantom})
     counts = read_manifest(tiny_phantom)["counts"]

@@ -18,15 +18,16 @@ import torch
 import yaml
 from PIL import Image
 
-from imbalens.checkpoint import (
+from imbalens.config import ConfigError, load_config, merge_config
+from imbalens.data.findings import FINDINGS, class_names
+from imbalens.training.checkpoint import (
     load_checkpoint,
     load_model_from_run,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from imbalens.config import ConfigError, load_config, merge_config
-from imbalens.distributed import (
+from imbalens.training.distributed import (
     DistInfo,
     EpochSampler,
     SeededDataset,
@@ -34,10 +35,9 @@ from imbalens.distributed import (
     per_rank_batch,
     steps_per_epoch,
 )
-from imbalens.evaluate import evaluate_run, sigmoid
-from imbalens.findings import FINDINGS, class_names
-from imbalens.precision import autocast_context, cpu_supports_bf16, resolve_precision
-from imbalens.train import (
+from imbalens.training.evaluate import evaluate_run, sigmoid
+from imbalens.training.precision import autocast_context, cpu_supports_bf16, resolve_precision
+from imbalens.training.train import (
     HISTORY_COLUMNS,
     WarmupCosine,
     build_scheduler,
@@ -250,8 +250,8 @@ def phantom_runs(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.mark.parametrize(("model", "task"), CASES)
 def test_run_folder_files_and_columns(phantom_runs: dict, model: str, task: str) -> None:
-    from imbalens.data import load_nih
-    from imbalens.metrics import performance
+    from imbalens.data.nih import load_nih
+    from imbalens.training.metrics import performance
 
     out, cfg, metrics = phantom_runs[(model, task)]
     for name in (
@@ -317,7 +317,7 @@ def test_best_checkpoint_reproduces_predictions(phantom_runs: dict) -> None:
     model, run_cfg = load_model_from_run(out, "best")
     assert not model.training and run_cfg["model"]["name"] == "t-densenet"
     pred = pd.read_csv(out / "predictions_test.csv")
-    from imbalens.data import load_nih
+    from imbalens.data.nih import load_nih
 
     ds = load_nih(cfg["data"]["root"]).dataset("test", 64)
     images = torch.stack([ds[i]["image"] for i in range(8)])

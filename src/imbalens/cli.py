@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("imbalens.synth", "write the chest-radiograph phantom in NIH's layout"),
-    "train": ("imbalens.train", "train one run from a YAML config"),
-    "evaluate": ("imbalens.evaluate", "evaluate a trained run's best checkpoint"),
-    "analyse": ("imbalens.analyse", "performance, CAM alignment and concepts of a run"),
-    "grid": ("imbalens.grid", "run a grid of notebooks with papermill"),
-    "book": ("imbalens.book", "assemble executed notebooks into the Jupyter Book"),
+    "synth": ("imbalens.data.synth", "write the chest-radiograph phantom in NIH's layout"),
+    "train": ("imbalens.training.train", "train one run from a YAML config"),
+    "evaluate": ("imbalens.training.evaluate", "evaluate a trained run's best checkpoint"),
+    "analyse": ("imbalens.explain.analyse", "performance, CAM alignment and concepts of a run"),
+    "grid": ("imbalens.study.grid", "run a grid of notebooks with papermill"),
+    "book": ("imbalens.study.book", "assemble executed notebooks into the Jupyter Book"),
 }
 
 

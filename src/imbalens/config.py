@@ -9,17 +9,17 @@ falls back to a default.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from imbalens.io import atomic_write_text
 
 DEFAULTS: dict[str, Any] = {
     "data": {
@@ -146,36 +146,6 @@ def config_hash(cfg: Mapping[str, Any]) -> str:
     """A short, stable hash of a resolved config (sorted-key JSON, sha256, 12 hex)."""
     blob = json.dumps(cfg, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success, rename it over ``path``.
-
-    Nothing half-written ever carries the final name: an exception (or a kill) leaves
-    the previous file, if any, untouched. The new file gets the usual permissions of a
-    newly created file (0o666 minus the umask), not ``mkstemp``'s private 0o600, so
-    results stay readable by collaborators on shared clusters.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def dump_config(cfg: Mapping[str, Any], path: str | os.PathLike[str]) -> None:

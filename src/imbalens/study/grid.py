@@ -7,7 +7,7 @@ A params file (``params/*.yaml``) describes one grid::
     axes: {model.name: [t-densenet, resnet50], loss.name: [bce, wbce, focal, cbfocal]}
     run_id: "{model.name}-{loss.name}-{data.task}-s{train.seed}"
     stages: [train, performance, alignment, concepts]
-    phantom: {n_images: 4000, size: 256, seed: 0}       # imbalens.synth.generate(root, ...)
+    phantom: {n_images: 4000, size: 256, seed: 0}       # imbalens.data.synth.generate(root, ...)
     jobs: 1
 
 The axes are expanded as a Cartesian product; each combination is merged onto
@@ -23,7 +23,7 @@ folder as working directory and receive the absolute ``run_dir`` as parameter.
 
 The train stage's notebook may be replaced by multi-GPU training outside the grid
 (``torchrun ... -m imbalens.cli train --config <run>/config.yaml --out <run>``): a run
-folder whose ``train.done`` exists (written by :func:`imbalens.train.train`) but which has
+folder whose ``train.done`` exists (written by :func:`imbalens.training.train.train`) but which has
 no executed ``train.ipynb`` counts as trained, and the grid goes on with the next stage.
 
 After the runs, the per-grid pages are executed into ``<out>/<grid>/_pages/``: ``data``
@@ -53,6 +53,7 @@ from typing import Any
 
 import yaml
 
+from imbalens import runfolder as rf
 from imbalens.config import (
     ConfigError,
     atomic_write_text,
@@ -61,19 +62,16 @@ from imbalens.config import (
     merge_config,
     parse_override,
 )
-from imbalens.notebooks import NotebookFailed, execute
+from imbalens.paths import NOTEBOOK_DIR, REPO
+from imbalens.study.notebooks import NotebookFailed, execute
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-NOTEBOOK_DIR = REPO / "book"
 STAGES: tuple[str, ...] = ("train", "performance", "alignment", "concepts")
 PAGES: tuple[str, ...] = ("data", "results")
 DEFAULT_RUN_ID = "{model.name}-{loss.name}-{data.task}-s{train.seed}"
 NIH_MINI_DEFAULT = REPO.parent / "shared" / "data" / "nih-mini"
 _TOP_KEYS = {"name", "base", "axes", "run_id", "stages", "phantom", "jobs", "description"}
-_MARKER = "{}.stage.done"
-_RECORD = "grid-run.json"
 
 
 # --------------------------------------------------------------------------- the spec
@@ -115,7 +113,7 @@ def data_identity(root: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     if root is None:
         return None
     try:
-        manifest = json.loads((Path(root) / "phantom.json").read_text())
+        manifest = json.loads((Path(root) / rf.PHANTOM_MANIFEST).read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
     if not isinstance(manifest, dict):
@@ -292,17 +290,17 @@ def select(runs: Sequence[Run], only: Iterable[str] | None) -> list[Run]:
 
 # --------------------------------------------------------------------------- data
 def ensure_phantom(root: str | os.PathLike[str], phantom: Mapping[str, Any]) -> bool:
-    """Make the phantom at ``root`` match ``phantom`` (:func:`imbalens.synth.generate`).
+    """Make the phantom at ``root`` match ``phantom`` (:func:`imbalens.data.synth.generate`).
 
     ``generate`` keeps a complete phantom with the same parameters and generator code and
     rewrites any other. A root that holds real data (``Data_Entry_2017.csv`` without
     ``phantom.json``) is never written to. Returns True when images were (re)written.
     """
     r = Path(root)
-    if (r / "Data_Entry_2017.csv").is_file() and not (r / "phantom.json").is_file():
+    if (r / "Data_Entry_2017.csv").is_file() and not (r / rf.PHANTOM_MANIFEST).is_file():
         log.info("data root %s holds real data (no phantom.json): not generating a phantom", r)
         return False
-    from imbalens.synth import generate
+    from imbalens.data.synth import generate
 
     before = data_identity(r)
     t0 = time.perf_counter()
@@ -338,7 +336,7 @@ class RunResult:
 
 def marker_path(run_dir: Path, stage: str) -> Path:
     """The grid's done marker for ``stage`` in ``run_dir``."""
-    return run_dir / _MARKER.format(stage)
+    return run_dir / rf.STAGE_MARKER.format(stage=stage)
 
 
 def stage_done(run_dir: Path, stage: str, chash: str) -> bool:
@@ -364,7 +362,7 @@ def recorded_hash(run_dir: Path) -> str | None:
     (training adds its own defaults), which must not count as a changed config.
     """
     try:
-        return json.loads((run_dir / _RECORD).read_text()).get("config_hash")
+        return json.loads((run_dir / rf.RECORD).read_text()).get("config_hash")
     except (FileNotFoundError, json.JSONDecodeError, AttributeError):
         return None
 
@@ -378,7 +376,7 @@ def prepare_run_dir(
     ``config.yaml``) is moved to ``stale_dir`` first; a folder recorded with the same hash
     is left as it is. ``chash`` defaults to the hash of ``cfg``.
     """
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = run_dir / rf.CONFIG
     chash = chash or config_hash(cfg)
     if run_dir.is_dir():
         old = recorded_hash(run_dir)
@@ -407,7 +405,7 @@ def prepare_run_dir(
 
 def _record(run_dir: Path, chash: str) -> None:
     payload = {"run_id": run_dir.name, "config_hash": chash}
-    atomic_write_text(run_dir / _RECORD, json.dumps(payload, indent=1) + "\n")
+    atomic_write_text(run_dir / rf.RECORD, json.dumps(payload, indent=1) + "\n")
 
 
 @contextlib.contextmanager
@@ -449,11 +447,11 @@ def run_stages(
             if failed:
                 res = StageResult("not-run")
             elif stage_done(run_dir, stage, chash):
-                res = StageResult("skipped", notebook=f"{stage}.ipynb")
+                res = StageResult("skipped", notebook=rf.NOTEBOOK.format(stage=stage))
             elif (
                 stage == "train"
-                and (run_dir / "train.done").is_file()
-                and not (run_dir / "train.ipynb").is_file()
+                and (run_dir / rf.TRAIN_DONE).is_file()
+                and not (run_dir / rf.NOTEBOOK.format(stage="train")).is_file()
             ):
                 log.info(
                     "%s: train.done found without train.ipynb: trained outside the grid", run_id
@@ -464,7 +462,10 @@ def run_stages(
                 src = notebook_dir / f"{stage}.py"
                 try:
                     ex = execute(
-                        src, run_dir / f"{stage}.ipynb", {"run_dir": str(run_dir)}, cwd=run_dir
+                        src,
+                        run_dir / rf.NOTEBOOK.format(stage=stage),
+                        {"run_dir": str(run_dir)},
+                        cwd=run_dir,
                     )
                 except (NotebookFailed, FileNotFoundError, ValueError) as exc:
                     kept = getattr(exc, "failed_path", None)
@@ -570,7 +571,7 @@ def _write_grid_json(report: GridReport, spec: GridSpec, started: str) -> None:
         "pages": {k: asdict(v) for k, v in report.pages.items()},
     }
     atomic_write_text(
-        report.grid_dir / "grid.json", json.dumps(payload, indent=1, default=str) + "\n"
+        report.grid_dir / rf.GRID_JSON, json.dumps(payload, indent=1, default=str) + "\n"
     )
 
 
@@ -588,14 +589,14 @@ def _run_pages(
     results: Sequence[RunResult],
     notebook_dir: Path,
 ) -> dict[str, StageResult]:
-    pages_dir = grid_dir / "_pages"
+    pages_dir = grid_dir / rf.PAGES_DIR
     roots = [Path(r.config["data"]["root"]) for r in runs]
     phantom_root = next(
-        (p for p in roots if (p / "phantom.json").is_file()), REPO / "data" / "phantom"
+        (p for p in roots if (p / rf.PHANTOM_MANIFEST).is_file()), REPO / "data" / "phantom"
     )
     nih_env = os.environ.get("IMBALENS_NIH_MINI")
     nih_root = next(
-        (p for p in roots if not (p / "phantom.json").is_file()),
+        (p for p in roots if not (p / rf.PHANTOM_MANIFEST).is_file()),
         Path(nih_env) if nih_env else NIH_MINI_DEFAULT,
     )
     params = {
@@ -618,11 +619,16 @@ def _run_pages(
                 out[page] = StageResult("absent")
                 continue
             phash = config_hash({"page": page, "state": state[page]})
-            if stage_done(pages_dir, page, phash) and (pages_dir / f"{page}.ipynb").is_file():
-                out[page] = StageResult("skipped", notebook=f"{page}.ipynb")
+            if (
+                stage_done(pages_dir, page, phash)
+                and (pages_dir / rf.NOTEBOOK.format(stage=page)).is_file()
+            ):
+                out[page] = StageResult("skipped", notebook=rf.NOTEBOOK.format(stage=page))
                 continue
             try:
-                ex = execute(src, pages_dir / f"{page}.ipynb", params[page], cwd=pages_dir)
+                ex = execute(
+                    src, pages_dir / rf.NOTEBOOK.format(stage=page), params[page], cwd=pages_dir
+                )
             except (NotebookFailed, ValueError) as exc:
                 log.error("page %s failed: %s", page, exc)
                 out[page] = StageResult("failed", error=str(exc))
@@ -704,7 +710,7 @@ def run_grid(
 
     grid_dir.mkdir(parents=True, exist_ok=True)
     for r in chosen:
-        prepare_run_dir(grid_dir / r.id, r.config, grid_dir / ".stale", r.hash)
+        prepare_run_dir(grid_dir / r.id, r.config, grid_dir / rf.STALE_DIR, r.hash)
     _write_grid_json(report, spec, started)
     if prepare_only:
         report.seconds = time.perf_counter() - t0

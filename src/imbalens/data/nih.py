@@ -2,7 +2,7 @@
 
 Reads the release exactly as NIH publishes it (https://nihcc.app.box.com/v/ChestXray-NIHCC,
 Wang et al., "ChestX-ray8", CVPR 2017), or anything laid out the same way (the phantom of
-:mod:`imbalens.synth`, pre-resized copies such as ``shared/data/nih-mini``):
+:mod:`imbalens.data.synth`, pre-resized copies such as ``shared/data/nih-mini``):
 
 - ``Data_Entry_2017.csv``: both the original 2017 file (header and rows end with a comma,
   ages such as ``058Y``) and the 2020 revision (plain ages). In both, the headers
@@ -21,7 +21,7 @@ Wang et al., "ChestX-ray8", CVPR 2017), or anything laid out the same way (the p
   the train_val patients, drawn with ``numpy.random.default_rng(split_seed)``.
 - images in ``root/images/`` or in the tarball layout ``root/images_001/images/`` ...
 
-Tasks: ``multilabel`` (the 14 findings of :mod:`imbalens.findings` in alphabetical order,
+Tasks: ``multilabel`` (the 14 findings of :mod:`imbalens.data.findings` in alphabetical order,
 optionally "No Finding" as a 15th output at index 10, as in the official code) and
 ``binary`` (one output "Unhealthy": No Finding = 0, any finding = 1).
 
@@ -47,7 +47,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
-from imbalens.findings import (
+from imbalens.data.findings import (
     BOX_LABEL_ALIASES,
     BOXED_FINDINGS,
     FINDINGS,
@@ -56,7 +56,7 @@ from imbalens.findings import (
     TASKS,
     class_names,
 )
-from imbalens.transforms import (
+from imbalens.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_augment,
@@ -252,7 +252,7 @@ def read_box_list(path: str | os.PathLike) -> pd.DataFrame:
     """Parse ``BBox_List_2017.csv`` into boxes in the 1,024-px release space.
 
     Each row is ``Image Index, Finding Label, x, y, w, h`` (trailing empty fields are
-    ignored); "Infiltrate" becomes "Infiltration" (:data:`imbalens.findings.BOX_LABEL_ALIASES`).
+    ignored); "Infiltrate" becomes "Infiltration" (:data:`imbalens.data.findings.BOX_LABEL_ALIASES`).
     A box is turned into corners ``x0 = x, y0 = y, x1 = x + w, y1 = y + h``; a box partly
     outside ``[0, 1024]`` is clipped to it and reported in one :class:`DataWarning` that
     names the lines. Returns columns ``image, finding, x0, y0, x1, y1, line``.
@@ -442,7 +442,7 @@ class NIHDataset(torch.utils.data.Dataset):
     boxes, order :data:`BOXED_FINDINGS`, see :func:`box_mask`) and ``has_box=bool (8,)``.
 
     Each image is decoded (:func:`read_image`), square-resized to S (bilinear, antialiased)
-    as ``uint8``, then augmented (train) and normalised (:mod:`imbalens.transforms`).
+    as ``uint8``, then augmented (train) and normalised (:mod:`imbalens.data.transforms`).
     With ``cache=True`` the resized ``uint8`` images live in one ``(N, S, S)`` array in
     shared memory (a ``torch`` tensor with a numpy view, :attr:`cache`), filled on first
     use or by :meth:`preload`; DataLoader workers (fork or spawn) write and read the same
@@ -693,7 +693,7 @@ def load_nih(
         root: folder with Data_Entry_2017.csv, the lists, BBox_List_2017.csv, images.
         task: "multilabel" or "binary".
         include_no_finding: multilabel only: add "No Finding" as output 10 (of 15);
-            ignored for the binary task, as in :func:`imbalens.findings.class_names`.
+            ignored for the binary task, as in :func:`imbalens.data.findings.class_names`.
         val_fraction: share of train_val patients held out for validation, in [0, 1).
         split_seed: seed of the validation draw.
         missing: images listed but absent on disk: "error" or "skip" (drop, warn).

@@ -4,7 +4,7 @@ A grid folder (``runs/<grid>/``) holds one folder per run, each with its resolve
 ``config.yaml`` and whatever stages have finished: ``metrics.json`` (training),
 ``alignment_summary.csv`` / ``alignment.csv`` and ``concepts.json`` (analysis). This
 module turns them into long ("tidy") :class:`pandas.DataFrame` objects that the book's
-results page, :mod:`imbalens.claims` and :mod:`imbalens.plots` use. Missing stages are
+results page, :mod:`imbalens.study.claims` and :mod:`imbalens.study.plots` use. Missing stages are
 recorded, never fatal: a grid with two losses and one model is a valid (smaller) grid.
 
 The paper's Table 1 (soft IoBB/IoR) and Table 2 (Disjoint/Unique) of Khakzar, Li et al.
@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+
+from imbalens import runfolder as rf
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _run_meta(run_dir: Path) -> dict[str, Any]:
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    cfg = yaml.safe_load((run_dir / rf.CONFIG).read_text()) or {}
     try:
         meta = {
             "run_id": run_dir.name,
@@ -159,9 +161,9 @@ def _run_meta(run_dir: Path) -> dict[str, Any]:
         raise ValueError(
             f"{run_dir / 'config.yaml'} lacks key {err} (need model.name, loss.name, data.task)"
         ) from err
-    if (run_dir / "analysis.done").exists():
+    if (run_dir / rf.ANALYSIS_DONE).exists():
         meta["status"] = "analysed"
-    elif (run_dir / "train.done").exists():
+    elif (run_dir / rf.TRAIN_DONE).exists():
         meta["status"] = "trained"
     else:
         meta["status"] = "incomplete"
@@ -173,7 +175,7 @@ def performance_rows(metrics: Mapping[str, Any], task: str) -> list[dict[str, An
     """Tidy rows (class, auroc, ap, mean_prob) from a ``metrics.json`` mapping.
 
     Multi-label runs get an extra ``"Average"`` row from ``auroc_mean``/``ap_mean``/
-    ``mean_prob_mean`` (NaN-excluded class means, :func:`imbalens.metrics.performance`).
+    ``mean_prob_mean`` (NaN-excluded class means, :func:`imbalens.training.metrics.performance`).
     """
     for key in ("auroc", "ap", "mean_prob"):
         if not isinstance(metrics.get(key), Mapping):
@@ -206,16 +208,16 @@ def alignment_rows(run_dir: Path) -> list[dict[str, Any]]:
     (image, finding) map (columns ``iobb``/``ior`` or ``iobb_mean``/``ior_mean``); when
     only the per-map file exists both are recomputed from it.
     """
-    summary = run_dir / "alignment_summary.csv"
+    summary = run_dir / rf.ALIGNMENT_SUMMARY
     if summary.exists():
         frame = pd.read_csv(summary)
     else:
-        per_map = pd.read_csv(run_dir / "alignment.csv")
+        per_map = pd.read_csv(run_dir / rf.ALIGNMENT)
         frame = per_map.groupby("finding", as_index=False)[["iobb", "ior"]].mean()
         frame = pd.concat(
             [frame, pd.DataFrame([{"finding": "all", **per_map[["iobb", "ior"]].mean()}])]
         )
-    # imbalens.alignment.summarise_alignment writes iobb_mean/ior_mean (+ _std, _n).
+    # imbalens.explain.alignment.summarise_alignment writes iobb_mean/ior_mean (+ _std, _n).
     frame = frame.rename(columns={"iobb_mean": "iobb", "ior_mean": "ior"})
     missing = {"finding", "iobb", "ior"} - set(frame.columns)
     if missing:
@@ -224,7 +226,7 @@ def alignment_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _performance_reader(run_dir: Path, task: str) -> list[dict[str, Any]]:
-    return performance_rows(_read_json(run_dir / "metrics.json"), task)
+    return performance_rows(_read_json(run_dir / rf.METRICS), task)
 
 
 def _alignment_reader(run_dir: Path, task: str) -> list[dict[str, Any]]:
@@ -232,13 +234,13 @@ def _alignment_reader(run_dir: Path, task: str) -> list[dict[str, Any]]:
 
 
 def _concepts_reader(run_dir: Path, task: str) -> list[dict[str, Any]]:
-    return [_concept_row(_read_json(run_dir / "concepts.json"), run_dir)]
+    return [_concept_row(_read_json(run_dir / rf.CONCEPTS), run_dir)]
 
 
 STAGE_READERS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "performance": (("metrics.json",), _performance_reader),
-    "alignment": (("alignment_summary.csv", "alignment.csv"), _alignment_reader),
-    "concepts": (("concepts.json",), _concepts_reader),
+    "performance": ((rf.METRICS,), _performance_reader),
+    "alignment": ((rf.ALIGNMENT_SUMMARY, rf.ALIGNMENT), _alignment_reader),
+    "concepts": ((rf.CONCEPTS,), _concepts_reader),
 }
 """Table -> (files that feed it, first preferred; reader(run_dir, task) -> rows)."""
 
@@ -294,7 +296,7 @@ def load_grid(grid_dir: str | Path) -> GridResults:
 def _failed_runs(grid: Path) -> set[str]:
     """Run folder names that ``imbalens grid`` recorded as failed in ``grid.json``."""
     try:
-        report = json.loads((grid / "grid.json").read_text())
+        report = json.loads((grid / rf.GRID_JSON).read_text())
         return {r["dir"] for r in report.get("runs", []) if r.get("status") == "failed"}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return set()
@@ -351,7 +353,7 @@ def _sort(frame: pd.DataFrame) -> pd.DataFrame:
 
 def paper_numbers() -> dict[str, Any]:
     """The paper's Tables 1 and 2 (``paper_numbers.yaml``), with their ``source``."""
-    text = resources.files("imbalens").joinpath("paper_numbers.yaml").read_text()
+    text = resources.files("imbalens.study").joinpath("paper_numbers.yaml").read_text()
     return yaml.safe_load(text)
 
 
@@ -423,7 +425,7 @@ def grid_label(results: GridResults) -> str:
     roots = set()
     for path in results.runs["path"]:
         try:
-            cfg = yaml.safe_load((Path(path) / "config.yaml").read_text())
+            cfg = yaml.safe_load((Path(path) / rf.CONFIG).read_text())
             roots.add(Path(str(cfg["data"]["root"])).name)
         except (OSError, KeyError, TypeError, yaml.YAMLError):
             continue
@@ -454,7 +456,7 @@ class CamSample:
 def pick_boxed_images(boxes: pd.DataFrame, findings: Sequence[str]) -> dict[str, str]:
     """One image per finding: the first (by name) with a box of it, preferring unused images.
 
-    ``boxes`` has columns image and finding (:func:`imbalens.data.load_boxes`). Findings
+    ``boxes`` has columns image and finding (:func:`imbalens.data.nih.load_boxes`). Findings
     without any box are left out.
     """
     chosen: dict[str, str] = {}
@@ -476,7 +478,7 @@ def cam_samples(
     """CAMs of one boxed test image per finding, for each run in ``run_dirs``.
 
     The data (root, task, image size, split) are those of the first run's config; all
-    runs must share the task. CAMs come from :func:`imbalens.cam.class_activation_maps`
+    runs must share the task. CAMs come from :func:`imbalens.explain.cam.class_activation_maps`
     with the run's ``analysis.normalise``-independent default (min-max at the feature
     resolution, bilinear upsampling), for the finding's output (binary: the single one).
 
@@ -491,15 +493,15 @@ def cam_samples(
     """
     import torch
 
-    from imbalens.cam import class_activation_maps
-    from imbalens.checkpoint import load_model_from_run
-    from imbalens.data import denormalize, load_nih_from_config
-    from imbalens.findings import BOXED_FINDINGS
+    from imbalens.data.findings import BOXED_FINDINGS
+    from imbalens.data.nih import denormalize, load_nih_from_config
+    from imbalens.explain.cam import class_activation_maps
+    from imbalens.training.checkpoint import load_model_from_run
 
     if not run_dirs:
         raise ValueError("cam_samples needs at least one run folder")
     first = Path(next(iter(run_dirs.values())))
-    cfg = yaml.safe_load((first / "config.yaml").read_text())
+    cfg = yaml.safe_load((first / rf.CONFIG).read_text())
     d = cfg["data"]
     data = load_nih_from_config(d)
     size = int(d["image_size"])
@@ -542,7 +544,7 @@ COMPONENT_PREFIX = "components:"
 def detectors_by_finding(channels: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     """Per boxed finding: how many channels detect it and the ``top`` strongest ones.
 
-    ``channels`` is a run's ``concepts_channels.csv`` (:func:`imbalens.dissect.count_concepts`
+    ``channels`` is a run's ``concepts_channels.csv`` (:func:`imbalens.explain.dissect.count_concepts`
     ``per_channel``: channel, n_components, ..., ``components:<finding>``). A channel
     *detects* a finding when at least one of its above-threshold components overlaps a
     box of that finding. Returns columns finding, detector_channels, components (summed

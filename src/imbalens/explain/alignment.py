@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from imbalens.cam import class_activation_maps
-from imbalens.findings import BOXED_FINDINGS
+from imbalens.data.findings import BOXED_FINDINGS
+from imbalens.explain.cam import class_activation_maps
 
 __all__ = ["alignment_table", "soft_iobb", "soft_ior", "summarise_alignment"]
 
@@ -101,7 +101,7 @@ def alignment_table(
     """One row per (boxed image, finding with a box): image, finding, output, iobb, ior.
 
     The CAM is that of the finding's own output (multi-label) or of the single output
-    (binary, named "Unhealthy"), computed by :func:`imbalens.cam.class_activation_maps`
+    (binary, named "Unhealthy"), computed by :func:`imbalens.explain.cam.class_activation_maps`
     with ``normalise``; the mask is the dataset's ``box_mask`` of that finding.
     Items must be dicts with ``image``, ``box_mask`` (8, S, S), ``has_box`` (8,), ``index``;
     the dataset's ``.names`` give the image names (``Subset`` of such a dataset works).

@@ -11,7 +11,7 @@ boxes are exact. ``generate`` writes into ``out``::
     phantom.json                      manifest (parameters, counts), written last
 
 Labels. By default the label distribution follows NIH's published counts
-(:data:`imbalens.findings.NIH_IMAGE_COUNTS`, Wang et al. 2017): an image is healthy with
+(:data:`imbalens.data.findings.NIH_IMAGE_COUNTS`, Wang et al. 2017): an image is healthy with
 probability $h = 60{,}361/112{,}120 \\approx 0.538$; otherwise finding $k$ is drawn
 independently with probability $r_k = q_k Z$ and the draw is repeated until at least one
 finding is present, where $q_k = n_k / (N - n_{\\text{No Finding}})$ is the finding's
@@ -28,10 +28,12 @@ every class in both splits; for 4,000 images this changes only Hernia's count (N
 0.2% gives about 8 images).
 
 The rendering (anatomy and the 14 findings' appearances) is in
-:mod:`imbalens.phantom_anatomy`.
+:mod:`imbalens.data.anatomy`.
 """
 
 from __future__ import annotations
+
+from imbalens import runfolder as rf
 
 import argparse
 import hashlib
@@ -49,9 +51,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imbalens import phantom_anatomy
-from imbalens.config import atomic_write_text
-from imbalens.findings import (
+from imbalens.data import anatomy
+from imbalens.io import atomic_write_text
+from imbalens.data.findings import (
     BOXED_FINDINGS,
     FINDINGS,
     NIH_IMAGE_COUNTS,
@@ -59,7 +61,7 @@ from imbalens.findings import (
     NO_FINDING,
     RELEASE_SIZE,
 )
-from imbalens.phantom_anatomy import render, rng_for
+from imbalens.data.anatomy import render, rng_for
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ VERSION = 2
 """Format version of the phantom; with :func:`code_digest` it decides whether an
 existing phantom can be kept."""
 
-MANIFEST = "phantom.json"
+MANIFEST = rf.PHANTOM_MANIFEST
 MIN_POSITIVES_PER_SPLIT = 3
 """Every finding gets at least this many positive images in train_val and in test."""
 
@@ -207,7 +209,7 @@ def code_digest() -> str:
     """First 16 hex digits of the SHA-256 of this module's and the renderer's source: a
     phantom made by other code is regenerated rather than silently reused."""
     h = hashlib.sha256()
-    for mod in (__file__, phantom_anatomy.__file__):
+    for mod in (__file__, anatomy.__file__):
         h.update(Path(mod).read_bytes())
     return h.hexdigest()[:16]
 

@@ -33,7 +33,7 @@ Add a model in one place with :func:`register_model`::
 (``torch.hub.get_dir()/checkpoints``) and downloads it only when it is missing and
 ``IMBALENS_OFFLINE`` is not set; offline without the file it raises an error that names
 the file and the folder to put it in. ``weights=<path>`` loads a local checkpoint (a
-state dict, or a dict with a ``"model"`` state dict as written by ``imbalens.train``).
+state dict, or a dict with a ``"model"`` state dict as written by ``imbalens.training.train``).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(
             f"{path}: expected a state dict (name -> tensor) or a dict with a 'model' state "
-            "dict, as written by imbalens.train"
+            "dict, as written by imbalens.training.train"
         )
     state = dict(obj)
     for prefix in ("module.", "_orig_mod."):  # DistributedDataParallel, torch.compile
@@ -198,7 +198,7 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load a local checkpoint into ``model`` (strict: every key, every shape).
 
-    Accepts a plain state dict or a dict with a ``"model"`` entry (an ``imbalens.train``
+    Accepts a plain state dict or a dict with a ``"model"`` entry (an ``imbalens.training.train``
     checkpoint); ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are removed.
     Read with ``torch.load(..., weights_only=True)``.
 

@@ -1,7 +1,7 @@
 """Figures of the data page: label prevalence beside NIH's, example images with boxes.
 
 Both work on any folder in NIH's layout (the phantom, nih-mini, the full release), read
-through :mod:`imbalens.data`.
+through :mod:`imbalens.data.nih`.
 """
 
 from __future__ import annotations
@@ -16,35 +16,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from imbalens.data import load_boxes, read_data_entry, read_image
-from imbalens.findings import (
+from imbalens.data.findings import (
     BOXED_FINDINGS,
     FINDINGS,
     NIH_IMAGE_COUNTS,
     NIH_TOTAL_IMAGES,
     NO_FINDING,
 )
-from imbalens.plots import draw_boxes
+from imbalens.data.nih import load_boxes, read_data_entry, read_image
+from imbalens.study.plots import draw_boxes
 
 LABELS: tuple[str, ...] = (NO_FINDING, *FINDINGS)
-
-
-def repo_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` itself when absolute, else relative to the repository root.
-
-    The root is ``$IMBALENS_REPO`` when set, else the folder holding ``pyproject.toml``
-    above this (editable-installed) package, else the current directory. Notebooks run
-    by papermill have their output folder as working directory, so their relative
-    parameters are resolved with this.
-    """
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    env = os.environ.get("IMBALENS_REPO")
-    if env:
-        return Path(env) / p
-    repo = Path(__file__).resolve().parents[2]
-    return (repo if (repo / "pyproject.toml").is_file() else Path.cwd()) / p
 
 
 def prevalence(roots: dict[str, str | os.PathLike[str]]) -> pd.DataFrame:
@@ -103,7 +85,7 @@ def example_grid(
 
     Images are chosen at random (``numpy.random.default_rng(seed)``) among those with a
     box of the row's finding, resized to ``image_size`` (square, as the models see them)
-    and drawn with all their boxes of that finding (:func:`imbalens.data.load_boxes`).
+    and drawn with all their boxes of that finding (:func:`imbalens.data.nih.load_boxes`).
     A row with fewer images than ``n_examples`` leaves the rest of the row blank.
     """
     root = Path(root)

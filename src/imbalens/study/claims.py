@@ -15,7 +15,7 @@ grid; the evidence string gives every number (mean ± sd over seeds when the gri
 several) and how many of the weighted losses agree.
 When BCE or every weighted loss is missing, or a stage has not run, the verdict is
 ``None`` and the evidence says what is missing. The same rules are applied to the
-paper's Tables 1 and 2 (:func:`imbalens.results.paper_loss_table`) to give the paper's own
+paper's Tables 1 and 2 (:func:`imbalens.study.results.paper_loss_table`) to give the paper's own
 verdict where the paper tabulates the numbers (claims 3 and 4); claims 1 and 2 are only
 shown in the paper's Figure 2 as bars.
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from imbalens.results import (
+from imbalens.study.results import (
     WEIGHTED_LOSSES,
     GridResults,
     loss_label,
@@ -157,7 +157,7 @@ PAPER_TABULATED = {"alignment_up", "concepts_up"}
 
 
 def claims_from_table(table: pd.DataFrame, tolerance: float = 0.02) -> pd.DataFrame:
-    """Evaluate every claim on a :func:`imbalens.results.loss_table`-shaped frame.
+    """Evaluate every claim on a :func:`imbalens.study.results.loss_table`-shaped frame.
 
     Returns one row per (model, task, claim): model, task, claim, statement, holds
     (``True``/``False``/``None``), evidence.
@@ -184,7 +184,7 @@ def evaluate_claims(results: GridResults, tolerance: float = 0.02) -> pd.DataFra
     """The claims table of a grid, with the paper's verdict on the same claim beside it.
 
     Args:
-        results: a loaded grid (:func:`imbalens.results.load_grid`).
+        results: a loaded grid (:func:`imbalens.study.results.load_grid`).
         tolerance: the largest |AUROC or AP difference to BCE| still called "about equal".
 
     Returns:
@@ -247,7 +247,7 @@ def claims_view(claims: pd.DataFrame) -> pd.DataFrame:
     Columns: this grid, evidence (this grid), paper, evidence (paper); verdicts are
     :func:`verdict_text` strings.
     """
-    from imbalens.results import TASK_LABELS, model_label
+    from imbalens.study.results import TASK_LABELS, model_label
 
     view = pd.DataFrame(
         {

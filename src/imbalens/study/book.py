@@ -27,9 +27,11 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from imbalens.config import atomic_write_text
-from imbalens.grid import REPO, STAGES, load_params
-from imbalens.notebooks import INJECTED_TAG, PARAMETERS_TAG, error_outputs, tag_cells
+from imbalens import runfolder as rf
+from imbalens.io import atomic_write_text
+from imbalens.paths import REPO
+from imbalens.study.grid import STAGES, load_params
+from imbalens.study.notebooks import INJECTED_TAG, PARAMETERS_TAG, error_outputs, tag_cells
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,11 @@ def grid_dir_of(target: str | os.PathLike[str], runs: str | os.PathLike[str] = "
 
 def _run_ids(grid_dir: Path) -> list[str]:
     """Run ids in the grid's order (grid.json), else the run folders alphabetically."""
-    gj = grid_dir / "grid.json"
+    gj = grid_dir / rf.GRID_JSON
     if gj.is_file():
         ids = [r["id"] for r in json.loads(gj.read_text()).get("runs", [])]
         return [i for i in ids if (grid_dir / i).is_dir()]
-    return sorted(
-        p.name for p in grid_dir.iterdir() if p.is_dir() and (p / "config.yaml").is_file()
-    )
+    return sorted(p.name for p in grid_dir.iterdir() if p.is_dir() and (p / rf.CONFIG).is_file())
 
 
 def _retitle(nb: nbformat.NotebookNode, suffix: str) -> None:
@@ -120,7 +120,7 @@ def assemble(
     """Copy config, static pages and executed notebooks into ``out``; write ``_toc.yml``.
 
     Args:
-        grid_dir: ``runs/<grid>`` as written by :func:`imbalens.grid.run_grid`.
+        grid_dir: ``runs/<grid>`` as written by :func:`imbalens.study.grid.run_grid`.
         out: the book folder (default ``<grid_dir>/_book``); emptied first.
         repo: where ``_config.yml`` and ``book/`` are read from.
 
@@ -157,9 +157,9 @@ def assemble(
     errors: list[str] = []
     front: list[str] = []
     for page in FRONT:
-        executed = g / "_pages" / f"{page}.ipynb"
+        executed = g / rf.PAGES_DIR / rf.NOTEBOOK.format(stage=page)
         if executed.is_file():
-            _copy_notebook(executed, root / f"{page}.ipynb", None, errors)
+            _copy_notebook(executed, root / rf.NOTEBOOK.format(stage=page), None, errors)
             front.append(page)
         elif (root / f"{page}.md").is_file():
             front.append(page)
@@ -170,9 +170,11 @@ def assemble(
     for rid in _run_ids(g):
         pages = []
         for stage in STAGES:
-            executed = g / rid / f"{stage}.ipynb"
+            executed = g / rid / rf.NOTEBOOK.format(stage=stage)
             if executed.is_file():
-                _copy_notebook(executed, root / "runs" / rid / f"{stage}.ipynb", rid, errors)
+                _copy_notebook(
+                    executed, root / "runs" / rid / rf.NOTEBOOK.format(stage=stage), rid, errors
+                )
                 pages.append(f"runs/{rid}/{stage}")
         if pages:
             runs[rid] = pages

@@ -20,7 +20,8 @@ import torch
 import yaml
 from torch import nn
 
-from imbalens.config import atomic_path
+from imbalens import runfolder as rf
+from imbalens.io import atomic_path
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
@@ -104,7 +105,7 @@ def load_model_from_run(
     """Rebuild the model of a trained run and load its ``best`` or ``last`` weights.
 
     Args:
-        run_dir: a run folder written by :func:`imbalens.train.train`.
+        run_dir: a run folder written by :func:`imbalens.training.train.train`.
         which: ``"best"`` (best validation macro AUROC) or ``"last"``.
         map_location: device for the weights.
 
@@ -115,16 +116,16 @@ def load_model_from_run(
         ValueError: ``which`` is not best/last.
         FileNotFoundError: the checkpoint is missing.
     """
-    from imbalens.findings import class_names
-    from imbalens.models import build_model
+    from imbalens.data.findings import class_names
+    from imbalens.training.models import build_model
 
     if which not in ("best", "last"):
         raise ValueError(f"which={which!r}: use 'best' or 'last'")
     run = Path(run_dir)
-    ckpt = load_checkpoint(run / "checkpoints" / f"{which}.pt", map_location=map_location)
+    ckpt = load_checkpoint(run / rf.CHECKPOINTS / f"{which}.pt", map_location=map_location)
     cfg = ckpt.get("config")
     if cfg is None:
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg = yaml.safe_load((run / rf.CONFIG).read_text())
     names = class_names(cfg["data"]["task"], cfg["data"]["include_no_finding"])
     # weights=None: the checkpoint overwrites every parameter, no download needed.
     model = build_model(cfg["model"]["name"], len(names), None)

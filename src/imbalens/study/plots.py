@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from imbalens.results import (
+from imbalens.study.results import (
     LOSS_ORDER,
     METRIC_LABELS,
     TASK_LABELS,
@@ -52,7 +52,7 @@ def draw_boxes(
     """Draw (x0, y0, x1, y1) pixel boxes on ``ax`` as unfilled rectangles.
 
     ``boxes`` is an iterable of 4-tuples or a frame with columns x0, y0, x1, y1
-    (:func:`imbalens.data.load_boxes`). Returns the patches added.
+    (:func:`imbalens.data.nih.load_boxes`). Returns the patches added.
     """
     if isinstance(boxes, pd.DataFrame):
         boxes = boxes[["x0", "y0", "x1", "y1"]].to_numpy()
@@ -131,7 +131,7 @@ def figure1(
     """The paper's Figure 1: rows = boxed samples, columns = the input then one CAM per loss.
 
     Args:
-        samples: one :class:`imbalens.results.CamSample` per row.
+        samples: one :class:`imbalens.study.results.CamSample` per row.
         columns: CAM keys in column order (default: the losses present, paper order).
         title: figure title.
         panel: size of one panel in inches.
@@ -242,7 +242,7 @@ def figure2(
     """The paper's Figure 2 for one (model, task): per-class bars of each metric by loss.
 
     Args:
-        performance: :attr:`imbalens.results.GridResults.performance` rows of one model
+        performance: :attr:`imbalens.study.results.GridResults.performance` rows of one model
             and task (all seeds; bars show their mean, error bars their std).
         metrics: one panel per metric.
         title: figure title.
@@ -285,7 +285,7 @@ def performance_bars(metrics: pd.DataFrame, title: str | None = None) -> Figure:
     """Per-class AUROC, AP and mean predicted probability of one run (three panels).
 
     ``metrics`` has columns class, auroc, ap, mean_prob (e.g.
-    :func:`imbalens.results.performance_rows`); an ``"Average"`` row is hatched.
+    :func:`imbalens.study.results.performance_rows`); an ``"Average"`` row is hatched.
     """
     metric_cols = ("auroc", "ap", "mean_prob")
     missing = set(metric_cols) - set(metrics.columns) | ({"class"} - set(metrics.columns))
@@ -406,7 +406,7 @@ def comparison_bars(
 ) -> Figure:
     """One panel per metric, bars per loss, one group per (task, model) of a loss table.
 
-    ``table`` is :func:`imbalens.results.loss_table`-shaped (model, task, loss, metrics).
+    ``table`` is :func:`imbalens.study.results.loss_table`-shaped (model, task, loss, metrics).
     """
     frame = table.assign(
         setting=table["model"].map(model_label)

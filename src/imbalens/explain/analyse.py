@@ -4,7 +4,7 @@ For the boxed test images (the 880 NIH images with expert boxes) this writes, in
 run folder (Khakzar, Li et al. 2022, Sec. 4.2-4.3):
 
 - ``alignment.csv``: one row per (image, boxed finding) map: image, finding, output,
-  iobb, ior (:func:`imbalens.alignment.alignment_table`);
+  iobb, ior (:func:`imbalens.explain.alignment.alignment_table`);
 - ``alignment_summary.csv``: mean, std, n by finding and "all";
 - ``concepts.json``: Disjoint / Unique of the first analysed layer at the top level
   (disjoint, unique, q, layer, threshold, n_images, n_boxes, per_finding, thresholds
@@ -35,15 +35,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from imbalens.alignment import alignment_table, summarise_alignment
-from imbalens.config import DEFAULTS, atomic_write_text
-from imbalens.dissect import default_q, dissect_model
+from imbalens import runfolder as rf
+from imbalens.config import DEFAULTS
+from imbalens.explain.alignment import alignment_table, summarise_alignment
+from imbalens.explain.dissect import default_q, dissect_model
+from imbalens.io import atomic_write_text
 
 __all__ = ["DONE", "analyse_model", "analyse_run", "cli", "configure_parser"]
 
 log = logging.getLogger(__name__)
 
-DONE = "analysis.done"
+DONE = rf.ANALYSIS_DONE
 
 
 def _device(setting: str | torch.device) -> torch.device:
@@ -54,7 +56,7 @@ def _device(setting: str | torch.device) -> torch.device:
 
 def _autocast(device: torch.device, precision: str) -> Callable[[], Any]:
     try:
-        from imbalens.precision import autocast_context
+        from imbalens.training.precision import autocast_context
     except ImportError:  # pragma: no cover - precision module absent
         return contextlib.nullcontext
     return lambda: autocast_context(device, precision)
@@ -77,7 +79,7 @@ def analyse_model(
 
     Args:
         model: a network with ``cam_layer``, ``head``, ``dissect_layers`` (and ``name``).
-        data: an :class:`imbalens.data.NIHData` (``class_names``, ``task``,
+        data: an :class:`imbalens.data.nih.NIHData` (``class_names``, ``task``,
             ``dataset("boxed", S)``, ``boxes(S)``).
         cfg: resolved config (``data.image_size``, ``analysis``, ``train.precision``).
         out: output folder. limit: analyse only the first ``limit`` boxed images.
@@ -111,8 +113,8 @@ def analyse_model(
     summary = summarise_alignment(table)
     seconds["alignment"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(table, out / "alignment.csv")
-    _write_csv(summary, out / "alignment_summary.csv")
+    _write_csv(table, out / rf.ALIGNMENT)
+    _write_csv(summary, out / rf.ALIGNMENT_SUMMARY)
 
     layers = [a_cfg["layer"]] if a_cfg["layer"] else list(model.dissect_layers)
     q = float(a_cfg["q"]) if a_cfg["q"] is not None else default_q(model)
@@ -140,8 +142,8 @@ def analyse_model(
         channels.append(res.per_channel.assign(layer=layer))
         log.info("%s: disjoint %.2f unique %.2f", layer, res.disjoint, res.unique)
     concepts = {**per_layer[layers[0]], "layers": per_layer, "seconds": seconds}
-    atomic_write_text(out / "concepts.json", json.dumps(concepts, indent=2, default=float))
-    _write_csv(pd.concat(channels, ignore_index=True), out / "concepts_channels.csv")
+    atomic_write_text(out / rf.CONCEPTS, json.dumps(concepts, indent=2, default=float))
+    _write_csv(pd.concat(channels, ignore_index=True), out / rf.CONCEPTS_CHANNELS)
     all_row = summary.set_index("finding").loc["all"]
     result = {
         "n_images": len(dataset),
@@ -172,8 +174,8 @@ def analyse_run(
     Raises:
         FileNotFoundError: no checkpoint (train the run first) or no data at ``data.root``.
     """
-    from imbalens.checkpoint import load_model_from_run
-    from imbalens.data import load_nih_from_config
+    from imbalens.data.nih import load_nih_from_config
+    from imbalens.training.checkpoint import load_model_from_run
 
     run = Path(run_dir)
     if (run / DONE).is_file() and not force:

@@ -5,7 +5,7 @@ removed) and returns logits and targets in data-set order. :func:`write_predicti
 writes ``predictions_<split>.csv`` (``image``, then ``prob:<class>`` for each class, then
 ``target:<class>``), with probabilities ``p = sigmoid(logit)``.
 :func:`evaluate_run` reloads a run's best (or last) checkpoint and recomputes its
-predictions and :func:`imbalens.metrics.performance` on a split; the CLI command
+predictions and :func:`imbalens.training.metrics.performance` on a split; the CLI command
 ``imbalens evaluate RUN_DIR [--which best|last] [--split test|val]`` calls it.
 """
 
@@ -27,9 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from imbalens.config import atomic_write_text
-from imbalens.distributed import DistInfo, EpochSampler, SeededDataset, gather_arrays
-from imbalens.precision import autocast_context
+from imbalens import runfolder as rf
+from imbalens.io import atomic_write_text
+from imbalens.training.distributed import DistInfo, EpochSampler, SeededDataset, gather_arrays
+from imbalens.training.precision import autocast_context
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,8 @@ def score_split(
     progress: bool = False,
     split: str = "test",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Predictions frame and :func:`imbalens.metrics.performance` of ``model`` on ``dataset``."""
-    from imbalens.metrics import performance
+    """Predictions frame and :func:`imbalens.training.metrics.performance` of ``model`` on ``dataset``."""
+    from imbalens.training.metrics import performance
 
     info = info or DistInfo()
     loader = eval_loader(dataset, batch_size, info, workers, device)
@@ -165,10 +166,10 @@ def evaluate_run(
     ``RUN_DIR/evaluation/<which>-<split>/``), leaving the training's own files alone.
 
     Returns:
-        The :func:`imbalens.metrics.performance` dict plus ``which``, ``split``, ``epoch``.
+        The :func:`imbalens.training.metrics.performance` dict plus ``which``, ``split``, ``epoch``.
     """
-    from imbalens.checkpoint import load_checkpoint, load_model_from_run
-    from imbalens.data import load_nih_from_config
+    from imbalens.data.nih import load_nih_from_config
+    from imbalens.training.checkpoint import load_checkpoint, load_model_from_run
 
     if split not in ("test", "val", "train", "boxed"):
         raise ValueError(f"split={split!r}: use test, val, train or boxed")
@@ -192,11 +193,11 @@ def evaluate_run(
         int(t["workers"]),
         split=split,
     )
-    epoch = load_checkpoint(run / "checkpoints" / f"{which}.pt").get("epoch")
+    epoch = load_checkpoint(run / rf.CHECKPOINTS / f"{which}.pt").get("epoch")
     metrics = {**metrics, "which": which, "split": split, "epoch": epoch}
     dest = Path(out) if out is not None else run / "evaluation" / f"{which}-{split}"
     write_predictions(dest / "predictions.csv", frame)
-    write_json(dest / "metrics.json", metrics)
+    write_json(dest / rf.METRICS, metrics)
     log.info(
         "%s %s %s: auroc_mean %.4f ap_mean %.4f",
         run.name,

@@ -73,8 +73,8 @@ from skimage.measure import label
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from imbalens.cam import get_module
-from imbalens.findings import BOXED_FINDINGS
+from imbalens.data.findings import BOXED_FINDINGS
+from imbalens.explain.cam import get_module
 
 __all__ = [
     "THRESHOLD_MODES",
@@ -613,12 +613,12 @@ class ActivationStream:
 
 
 def default_q(model: nn.Module) -> float:
-    """``imbalens.models.DEFAULT_Q`` for the model's ``name`` attribute.
+    """``imbalens.training.models.DEFAULT_Q`` for the model's ``name`` attribute.
 
     Raises:
         ValueError: when the model's name or the table is unknown (pass ``q=``).
     """
-    from imbalens.models import DEFAULT_Q
+    from imbalens.training.models import DEFAULT_Q
 
     name = getattr(model, "name", None) or getattr(model, "model_name", None)
     if name not in DEFAULT_Q:

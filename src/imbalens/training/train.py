@@ -52,7 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from imbalens.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imbalens import runfolder as rf
 from imbalens.config import (
     ConfigError,
     atomic_write_text,
@@ -61,7 +61,8 @@ from imbalens.config import (
     load_config,
     merge_config,
 )
-from imbalens.distributed import (
+from imbalens.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imbalens.training.distributed import (
     DistInfo,
     EpochSampler,
     SeededDataset,
@@ -73,7 +74,7 @@ from imbalens.distributed import (
     steps_per_epoch,
     sync_buffers,
 )
-from imbalens.evaluate import (
+from imbalens.training.evaluate import (
     predict,
     progress_enabled,
     score_split,
@@ -81,7 +82,7 @@ from imbalens.evaluate import (
     write_json,
     write_predictions,
 )
-from imbalens.precision import autocast_context, make_grad_scaler, resolve_precision
+from imbalens.training.precision import autocast_context, make_grad_scaler, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class Progress:
 
 def load_data(cfg: dict[str, Any]) -> tuple[Any, dict[str, Dataset]]:
     """The NIH-layout data (real or phantom) and its train/val/test data sets."""
-    from imbalens.data import load_nih_from_config
+    from imbalens.data.nih import load_nih_from_config
 
     d = cfg["data"]
     data = load_nih_from_config(d)
@@ -294,7 +295,7 @@ def evaluate(
     progress: bool = False,
 ) -> tuple[float, dict[str, Any]]:
     """Validation loss (the training loss on the whole split at once) and performance."""
-    from imbalens.metrics import performance
+    from imbalens.training.metrics import performance
 
     _, logits, targets = predict(
         model, loader, device, precision, channels_last, info, progress, desc="val"
@@ -333,7 +334,7 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 def _finished(out: Path) -> dict[str, Any]:
     log.info("%s: train.done exists, nothing to do", out)
-    return json.loads((out / "metrics.json").read_text())
+    return json.loads((out / rf.METRICS).read_text())
 
 
 def train(cfg: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -345,11 +346,11 @@ def train(cfg: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
         out: run folder.
 
     Returns:
-        :func:`imbalens.metrics.performance` of the best checkpoint on the test split,
+        :func:`imbalens.training.metrics.performance` of the best checkpoint on the test split,
         plus ``best_epoch`` and ``seconds`` (also written to ``metrics.json``).
     """
     out = Path(out)
-    if (out / "train.done").is_file():
+    if (out / rf.TRAIN_DONE).is_file():
         return _finished(out)
     cfg = merge_config(cfg)
     t = cfg["train"]
@@ -367,8 +368,8 @@ def train(cfg: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
-    from imbalens.losses import build_loss
-    from imbalens.models import build_model
+    from imbalens.training.losses import build_loss
+    from imbalens.training.models import build_model
 
     t = cfg["train"]
     device = select_device(t["device"], info)
@@ -379,8 +380,8 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     say = log.info if info.is_main else log.debug  # one summary line per epoch, not per rank
     seed = int(t["seed"])
     seed_everything(seed, deterministic=device.type == "cpu")
-    ckpt_dir = out / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
+    ckpt_dir = out / rf.CHECKPOINTS
+    last_path = ckpt_dir / rf.LAST
     resume = load_checkpoint(last_path, map_location=device) if last_path.is_file() else None
     if resume is not None and _resume_key(merge_config(resume["config"])) != _resume_key(cfg):
         raise ConfigError(
@@ -390,7 +391,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
         )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
+        dump_config(cfg, out / rf.CONFIG)
 
     say(
         "%s: device %s, precision %s, channels_last %s, %d process(es)",
@@ -523,9 +524,9 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
         if info.is_main:
             ckpt = _checkpoint_state(model, optimizer, scheduler, scaler, state, cfg)
             if is_best:
-                save_checkpoint(ckpt_dir / "best.pt", ckpt)
+                save_checkpoint(ckpt_dir / rf.BEST, ckpt)
             save_checkpoint(last_path, ckpt)
-            _write_history(out / "history.csv", state.history)
+            _write_history(out / rf.HISTORY, state.history)
         barrier(info)
         say(
             "epoch %d/%d step %d lr %.3g train_loss %.4f val_loss %.4f val_auroc %.4f%s (%.1f s)",
@@ -541,7 +542,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
         )
 
     # final evaluation of the best checkpoint
-    best = load_checkpoint(ckpt_dir / "best.pt", map_location=device)
+    best = load_checkpoint(ckpt_dir / rf.BEST, map_location=device)
     model.load_state_dict(best["model"])
     results: dict[str, dict[str, Any]] = {}
     for split in ("val", "test"):
@@ -560,11 +561,11 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
         )
         results[split] = {**perf, "best_epoch": state.best_epoch, "seconds": state.seconds}
         if info.is_main:
-            write_predictions(out / f"predictions_{split}.csv", frame)
+            write_predictions(out / rf.PREDICTIONS.format(split=split), frame)
     if info.is_main:
-        write_json(out / "metrics_val.json", results["val"])
-        write_json(out / "metrics.json", results["test"])
-        atomic_write_text(out / "train.done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        write_json(out / rf.METRICS_VAL, results["val"])
+        write_json(out / rf.METRICS, results["test"])
+        atomic_write_text(out / rf.TRAIN_DONE, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     barrier(info)
     say(
         "%s: best epoch %d, test auroc_mean %.4f ap_mean %.4f",

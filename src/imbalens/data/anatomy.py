@@ -16,7 +16,7 @@ Cardiomegaly and Emphysema change the anatomy itself (a larger heart; larger, da
 lungs with flat domes); the other findings add a lesion field. Random numbers come from
 ``numpy.random.SeedSequence(seed, spawn_key=...)``: the patient's anatomy from
 ``(1, patient)``, the image's pose, exposure and textures from ``(2, index)`` and each
-finding from ``(3, index, k)`` (k its position in :data:`imbalens.findings.FINDINGS`), so
+finding from ``(3, index, k)`` (k its position in :data:`imbalens.data.findings.FINDINGS`), so
 an image rendered with and without a lesion differs only by that lesion.
 """
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from imbalens.findings import FINDINGS
+from imbalens.data.findings import FINDINGS
 
 Box = tuple[int, int, int, int]
 """A box in pixel edges of the rendered image: (x0, y0, x1, y1), x1/y1 exclusive."""
@@ -556,7 +556,7 @@ def render(
     unknown = set(findings) - set(FINDINGS)
     if unknown:
         raise ValueError(
-            f"unknown findings {sorted(unknown)}; use names from imbalens.findings.FINDINGS"
+            f"unknown findings {sorted(unknown)}; use names from imbalens.data.findings.FINDINGS"
         )
     anatomy = sample_anatomy(rng_for(seed, 1, patient))
     irng = rng_for(seed, 2, index)
