@@ -200,4 +200,5 @@ def test_empty_and_partial_grids_do_not_crash(tmp_path: Path) -> None:
     assert "losses not in this grid: WBCE, Focal, CB-Focal" in gaps
     assert "runs without analysis results: resnet50-bce-multilabel-s0" in gaps
     claims = evaluate_claims(partial)
-    assert claims["holds"].isna().all()  # BCE alone: nothing to compare
+    assert claims["sign_holds"].isna().all()  # BCE alone: nothing to compare
+    assert (claims["verdict"] == "no data").all()
