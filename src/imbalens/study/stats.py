@@ -36,6 +36,7 @@ t-interval, hence no CI at all with one seed.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,8 @@ from scipy import stats as sps
 from imbalens import runfolder as rf
 from imbalens.data.findings import BOXED_FINDINGS
 from imbalens.study.results import LOSS_ORDER, GridResults, ordered, summary_class
+
+log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 """Default number of bootstrap resamples."""
@@ -73,14 +76,20 @@ def resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarra
 
 
 def _tie_groups(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> tuple[Any, Any]:
-    """Positive and negative weight per distinct score, ascending: two (B, G) arrays."""
+    """Positive and negative weight per distinct score, ascending: two (G, B) arrays.
+
+    Works on the transposed (n, B) weights, so that gathering and summing tied rows run
+    over contiguous memory; without ties (continuous scores) no summing is needed.
+    """
     order = np.argsort(scores, kind="mergesort")
     s = scores[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ws = w[:, order]
-    y = labels[order].astype(bool)
-    pos = np.add.reduceat(np.where(y, ws, 0.0), starts, axis=1)
-    neg = np.add.reduceat(np.where(y, 0.0, ws), starts, axis=1)
+    y = labels[order].astype(bool)[:, None]
+    wt = np.ascontiguousarray(w.T)[order]
+    pos, neg = np.where(y, wt, 0.0), np.where(y, 0.0, wt)
+    distinct = np.r_[True, s[1:] != s[:-1]]
+    if not distinct.all():
+        starts = np.flatnonzero(distinct)
+        pos, neg = np.add.reduceat(pos, starts, axis=0), np.add.reduceat(neg, starts, axis=0)
     return pos, neg
 
 
@@ -94,9 +103,9 @@ def weighted_auroc(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> np.
     no negative weight.
     """
     pos, neg = _tie_groups(np.asarray(scores), np.asarray(labels), np.atleast_2d(w))
-    below = np.cumsum(neg, axis=1) - neg
-    num = (pos * (below + 0.5 * neg)).sum(1)
-    den = pos.sum(1) * neg.sum(1)
+    below = np.cumsum(neg, axis=0) - 0.5 * neg
+    num = (pos * below).sum(0)
+    den = pos.sum(0) * neg.sum(0)
     return np.divide(num, den, out=np.full(len(num), np.nan), where=den > 0)
 
 
@@ -109,11 +118,12 @@ def weighted_ap(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> np.nda
     where a row has no positive or no negative weight.
     """
     pos, neg = _tie_groups(np.asarray(scores), np.asarray(labels), np.atleast_2d(w))
-    pos, neg = pos[:, ::-1], neg[:, ::-1]
-    tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
-    prec = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
-    total, n_neg = pos.sum(1), neg.sum(1)
-    ap = np.divide((pos * prec).sum(1), total, out=np.full(len(total), np.nan), where=total > 0)
+    pos, neg = pos[::-1], neg[::-1]
+    tp = np.cumsum(pos, axis=0)
+    seen = tp + np.cumsum(neg, axis=0)
+    prec = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
+    total, n_neg = pos.sum(0), neg.sum(0)
+    ap = np.divide((pos * prec).sum(0), total, out=np.full(len(total), np.nan), where=total > 0)
     return np.where(n_neg > 0, ap, np.nan)
 
 
@@ -404,6 +414,16 @@ def _source_rows(
         else:
             cols = [str(metrics[m].column) for m in names]
             per_seed.append(_alignment_items(frames, cols))
+    empty = [s for s, seed in zip(seeds, per_seed, strict=True) if seed[0].n == 0]
+    if empty:
+        log.warning(
+            "%s, %s: no %s items shared by every loss in seed(s) %s: left out",
+            sub["model"].iloc[0], task, source, empty,
+        )  # fmt: skip
+        per_seed = [seed for seed in per_seed if seed[0].n > 0]
+        if not per_seed:
+            return []
+        seeds = [s for s in seeds if s not in empty]
     n_items = int(np.mean([seed[0].n for seed in per_seed]))
     method = (
         f"paired bootstrap over {n_items} {'test' if source == 'predictions' else 'boxed'} images"
