@@ -211,3 +211,13 @@ def test_format_ci() -> None:
     assert format_ci(0.02, -0.01, 0.05, signed=True) == "+0.020 [-0.010, +0.050]"
     assert format_ci(0.2836, np.nan, np.nan, digits=4) == "0.2836 (no CI)"
     assert format_ci(np.nan, 0, 1) == "—"
+
+
+def test_runs_without_shared_items_are_left_out(tmp_path: Path) -> None:
+    grid = fake_grid(tmp_path)
+    wbce = rf.RunFolder(grid / "resnet50-wbce-binary-s0")
+    maps = pd.read_csv(wbce.alignment)
+    maps.assign(image="other-" + maps["image"]).to_csv(wbce.alignment, index=False)
+    unc = grid_uncertainty(load_grid(grid), n_boot=200)
+    assert "iobb" not in set(unc["metric"])  # no (image, finding) pair in common
+    assert {"auroc", "ap", "mean_prob", "disjoint"} <= set(unc["metric"])
