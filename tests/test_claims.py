@@ -270,3 +270,12 @@ def test_claims_from_uncertainty_and_changed_verdicts() -> None:
         "*holds*" in changes[0] and "**inconclusive**" in changes[0] and "includes 0" in changes[0]
     )
     assert changes[-1] == "1 of 4 verdicts changed, 3 stayed the same."
+
+
+def test_evidence_shows_t_interval_with_several_seeds() -> None:
+    rows = ci_rows(unc("mean_prob", {"wbce": (0.01, 0.03)}))
+    rows["n_seeds"] = 3
+    rows.loc[rows["loss"] == "wbce", ["diff_lo", "diff_t_lo", "diff_t_hi"]] = [0.01, -0.01, 0.05]
+    verdict, evidence, _ = ci_verdict(CLAIMS["probability_up"], rows)
+    assert verdict == "holds"  # the verdict uses the hierarchical bootstrap CI
+    assert "WBCE +0.020 [+0.010, +0.030] (t over 3 seeds: [-0.010, +0.050])" in evidence

@@ -191,6 +191,8 @@ def test_grid_uncertainty_one_seed(tmp_path: Path) -> None:
     assert conc["diff"] == 1.0 and np.isnan(conc["ci_lo"]) and "no CI" in conc["method"]
     # per finding rows too, and the same seed gives the same CIs
     assert set(unc.loc[unc["metric"] == "iobb", "label"]) == {"Mass", "Nodule", "all"}
+    n_maps = unc[(unc["metric"] == "iobb") & (unc["loss"] == "bce")].set_index("label")["n_maps"]
+    assert n_maps.to_dict() == {"Mass": 59, "Nodule": 30, "all": 89}  # one NaN map dropped
     again = grid_uncertainty(res, metrics=metrics, n_boot=1000, seed=0)
     pd.testing.assert_frame_equal(unc, again)
 

@@ -213,7 +213,14 @@ def claims_from_table(table: pd.DataFrame, tolerance: float = 0.02) -> pd.DataFr
 
 # ----------------------------------------------------------------------------- CI verdicts
 def _ci_text(loss: str, row: pd.Series) -> str:
-    return f"{loss_label(loss)} {format_ci(row['diff'], row['ci_lo'], row['ci_hi'], signed=True)}"
+    """``WBCE +0.031 [+0.012, +0.050]``, plus the t-interval when there are several seeds."""
+    text = f"{loss_label(loss)} {format_ci(row['diff'], row['ci_lo'], row['ci_hi'], signed=True)}"
+    n = row.get("n_seeds")
+    boot = pd.notna(row.get("diff_lo"))
+    if boot and pd.notna(n) and n > 1 and pd.notna(row.get("diff_t_lo")):
+        t_ci = format_ci(row["diff"], row["diff_t_lo"], row["diff_t_hi"], signed=True)
+        text += f" (t over {int(n)} seeds: {t_ci.split(' ', 1)[1]})"
+    return text
 
 
 def _ci_rows(rows: pd.DataFrame, metrics: tuple[str, ...]) -> tuple[list[str], str]:

@@ -384,7 +384,7 @@ def _ci_rows(
 
 
 UNCERTAINTY_COLUMNS = [
-    "model", "task", "metric", "label", "loss", "n_seeds", "n_items", "method",
+    "model", "task", "metric", "label", "loss", "n_seeds", "n_items", "n_maps", "method",
     "value", "lo", "hi", "t_lo", "t_hi",
     "diff", "diff_lo", "diff_hi", "diff_t_lo", "diff_t_hi", "ci_lo", "ci_hi",
 ]  # fmt: skip
@@ -434,10 +434,25 @@ def _source_rows(
         stat = metrics[name].statistic
         assert stat is not None
         draws, points = bootstrap_draws(stat, per_seed, n_boot, rng)
+        n_maps = _maps_per_label(per_seed[0][0], metrics[name])
         for row in _ci_rows(draws, points, losses, per_seed[0][0].labels, level):
             rows.append({"metric": name, "n_seeds": len(seeds), "n_items": n_items} | row)
-            rows[-1] |= {"method": method, "ci_lo": row.get("diff_lo"), "ci_hi": row.get("diff_hi")}
+            rows[-1] |= {
+                "n_maps": n_maps.get(row["label"], np.nan),
+                "method": method,
+                "ci_lo": row.get("diff_lo"),
+                "ci_hi": row.get("diff_hi"),
+            }
     return rows
+
+
+def _maps_per_label(items: Items, metric: Metric) -> dict[str, float]:
+    """Maps behind each label of an alignment metric (seed 0): by finding and all."""
+    counts = items.arrays.get(f"counts:{metric.column}")
+    if metric.source != "alignment" or counts is None:
+        return {}
+    per = counts.sum(0)
+    return dict(zip(items.labels, [*per.tolist(), float(per.sum())], strict=True))
 
 
 def _concept_rows(
@@ -497,7 +512,8 @@ def grid_uncertainty(
         value (seed mean) with its bootstrap CI lo/hi and t-interval t_lo/t_hi; diff
         (loss - BCE; NaN for BCE) with diff_lo/diff_hi (bootstrap) and diff_t_lo/
         diff_t_hi (t over seeds); ci_lo/ci_hi, the interval the verdicts use (bootstrap,
-        else t); method says which, with n.
+        else t); method says which, with n; n_items (test or boxed images) and, for
+        alignment metrics, n_maps (the maps behind the label, seed 0).
     """
     if n_boot < 1 or not 0 < level < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot}, {level}")
