@@ -15,8 +15,11 @@
 # the grid folder and its params file (papermill injects absolute paths)
 grid_dir = "runs/quick"
 params_path = "params/quick.yaml"
-# largest |AUROC or AP difference to BCE| still called "about equal" (claim 1)
-tolerance = 0.02
+# equivalence margin of claim 1: AUROC/AP "about equal" when the 95% CI of loss - BCE lies in +-margin
+margin = 0.02
+# bootstrap resamples of the 95% CIs and the seed of the resampling
+n_boot = 1000
+boot_seed = 0
 # checkpoint whose CAMs Figure 1 shows: best | last
 which = "best"
 
@@ -34,8 +37,11 @@ which = "best"
 #
 # This page collects every run of one grid, shows the paper's Table 1, Table 2,
 # Figure 1 and Figure 2 beside ours, and ends with a claims table **computed from the
-# runs**: nothing in it is typed in. The paper's numbers come from
-# `imbalens/paper_numbers.yaml` and are always labelled *paper*.
+# runs**: nothing in it is typed in. Every number of ours comes with a 95% confidence
+# interval (paired bootstrap over the test or boxed images; over seeds too when the grid
+# has several: see Methods, "Uncertainty and verdicts"); the paper reports single numbers
+# without intervals and is always labelled *paper (single numbers, no CI)*. The paper's
+# numbers come from `imbalens/paper_numbers.yaml`.
 #
 # ## Prerequisites
 #
@@ -50,13 +56,14 @@ which = "best"
 
 # %%
 # %matplotlib inline
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from imbalens.study.claims import claims_view, evaluate_claims, style_claims
+from imbalens.study.claims import claims_view, evaluate_claims, style_claims, verdict_changes
 from imbalens.study.plots import comparison_bars, figure1, figure2
 from imbalens.study.results import (
     METRIC_LABELS,
@@ -69,12 +76,16 @@ from imbalens.study.results import (
     loss_table,
     model_label,
     paper_numbers,
-    side_by_side,
+    side_by_side_ci,
 )
+from imbalens.study.stats import format_ci, grid_uncertainty, summary_rows
 
 results = load_grid(grid_dir)
 ours = grid_label(results)
 table = loss_table(results)
+started = time.perf_counter()
+uncertainty = grid_uncertainty(results, n_boot=n_boot, seed=boot_seed)
+boot_seconds = time.perf_counter() - started
 
 
 def show(frame: pd.DataFrame, digits: int = 4):
@@ -109,29 +120,36 @@ display(Markdown("\n".join(f"- {g}" for g in gaps) if gaps else "The grid is com
 # ## Table 1: soft IoBB and IoR
 #
 # Mean over all (boxed test image, boxed finding) maps. Left: the paper (NIH
-# ChestX-ray14); right: this grid (seed mean where there are several seeds). Only the
+# ChestX-ray14, single numbers, no CI); right: this grid, `value [95% CI]` (seed mean
+# where there are several seeds; the CI resamples the boxed images). Only the
 # (task, model) pairs this grid has are shown; a missing loss shows as —.
 
 # %% tags=["hide-input"]
-show(side_by_side(table, ("iobb", "ior"), ours, digits=3), digits=3)
+show(side_by_side_ci(uncertainty, ("iobb", "ior"), ours))
 
 # %% tags=["hide-input"]
 if table[["iobb", "ior"]].notna().any().any():
-    fig = comparison_bars(table, ["iobb", "ior"], title=f"IoBB and IoR, {ours}")
+    fig = comparison_bars(
+        table, ["iobb", "ior"], title=f"IoBB and IoR (95% CI), {ours}", uncertainty=uncertainty
+    )
 
 # %% [markdown]
 # ## Table 2: concept counts, Disjoint and Unique
 #
 # The paper's counts are over NIH's 880 boxed images with 512 (T-DenseNet) or 1,024/2,048
 # (ResNet50) channels; ours come from a different data set, image size and training
-# length, so compare the *ordering* across losses, not the magnitudes.
+# length, so compare the *ordering* across losses, not the magnitudes. A concept count is
+# one number per run (a sum over channels), so it has no image-level bootstrap: its CI
+# is the t-interval over seeds, and a one-seed grid shows *(no CI)*.
 
 # %% tags=["hide-input"]
-show(side_by_side(table, ("disjoint", "unique"), ours, digits=2), digits=2)
+show(side_by_side_ci(uncertainty, ("disjoint", "unique"), ours, digits=2))
 
 # %% tags=["hide-input"]
 if table[["disjoint", "unique"]].notna().any().any():
-    fig = comparison_bars(table, ["disjoint", "unique"], title=f"Concept counts, {ours}")
+    fig = comparison_bars(
+        table, ["disjoint", "unique"], title=f"Concept counts, {ours}", uncertainty=uncertainty
+    )
 
 # %% [markdown]
 # ## Figure 1: CAMs of the four losses
@@ -163,8 +181,9 @@ for task in results.tasks:
 # ## Figure 2: AUROC, AP and mean predicted probability
 #
 # Per class and for the summary (*Average* over classes, multi-label; *Unhealthy*,
-# binary), bars per loss; error bars are the standard deviation over seeds when the
-# grid has several.
+# binary), bars per loss; error bars are 95% CIs (paired bootstrap over the test images,
+# seeds resampled first when the grid has several). The paper shows these as bars without
+# error bars, so there is no paper number to put beside them.
 
 # %% tags=["hide-input"]
 for task in results.tasks:
@@ -174,54 +193,89 @@ for task in results.tasks:
         if sub.empty:
             continue
         label = f"{model_label(model)}, {TASK_LABELS.get(task, task)}"
-        fig = figure2(sub, title=f"Figure 2 ({label})\n{ours}")
+        unc = uncertainty[(uncertainty["model"] == model) & (uncertainty["task"] == task)]
+        fig = figure2(sub, title=f"Figure 2 ({label}, 95% CI)\n{ours}", uncertainty=unc)
         display(fig)
         plt.close(fig)
 
 # %% [markdown]
-# The summary numbers the claims use: means over seeds, and their standard deviation
-# (sd) when the grid has several seeds.
+# The numbers the claims use: each weighted loss minus BCE on the same images, with its
+# 95% CI and how it was computed (n images, n seeds). With several seeds, the t-interval
+# over the per-seed differences is shown too.
 
 # %% tags=["hide-input"]
-single_seed = [c for c in table if c.endswith("_sd") and table[c].isna().all()]
-summary = (
-    table.drop(columns=single_seed)
-    .assign(
-        task=table["task"].map(lambda t: TASK_LABELS.get(t, t)),
-        model=table["model"].map(model_label),
-        loss=table["loss"].map(loss_label),
-    )
-    .rename(columns=METRIC_LABELS | {f"{k}_sd": f"{v} (sd)" for k, v in METRIC_LABELS.items()})
+diffs = summary_rows(uncertainty).dropna(subset=["diff"])
+view = pd.DataFrame(
+    {
+        "task": diffs["task"].map(lambda t: TASK_LABELS.get(t, t)),
+        "model": diffs["model"].map(model_label),
+        "metric": diffs["metric"].map(lambda m: METRIC_LABELS.get(m, m)),
+        "loss": diffs["loss"].map(loss_label),
+        "loss - BCE [95% CI]": [
+            format_ci(d, lo, hi, signed=True)
+            for d, lo, hi in zip(diffs["diff"], diffs["ci_lo"], diffs["ci_hi"], strict=True)
+        ],
+        "t over seeds": [
+            format_ci(d, lo, hi, signed=True) if n > 1 else "— (1 seed)"
+            for d, lo, hi, n in zip(
+                diffs["diff"], diffs["diff_t_lo"], diffs["diff_t_hi"], diffs["n_seeds"], strict=True
+            )
+        ],
+        "method": diffs["method"],
+    }
 )
-show(summary.set_index(["task", "model", "loss"]), digits=3)
+display(
+    Markdown(
+        f"{n_boot:,} resamples (seed {boot_seed}); the bootstrap of the whole grid took "
+        f"{boot_seconds:.1f} s."
+    )
+)
+view.set_index(["task", "model", "metric", "loss"]) if len(view) else Markdown("*No differences.*")
 
 # %% [markdown]
 # ## Do the paper's claims hold here?
 #
-# Each claim is checked per (model, task) against plain BCE: it *holds* when every
-# weighted loss in the grid moves the numbers in the claimed direction (claim 1: when
-# no AUROC or AP differs from BCE's by more than the tolerance). The evidence column
-# gives the numbers. The paper's verdict applies the same rule to its own Tables 1
-# and 2; claims 1 and 2 are shown in the paper only as bar charts (its Figure 2).
+# Each claim is checked per (model, task) against plain BCE, on the 95% CI of each
+# weighted loss's difference to BCE: it **holds** when every CI excludes 0 in the claimed
+# direction, is **contradicted** when some CI excludes 0 the other way, and is
+# **inconclusive** otherwise. Claim 1 ("about equal") is an equivalence test:
+# **equivalent** when every AUROC and AP CI lies inside ±margin, **not equivalent** when
+# one lies entirely outside, **inconclusive** otherwise. The *sign test (old)* column is
+# the verdict this page gave before uncertainty was in (every weighted loss moves the
+# mean the claimed way by any amount). The paper's verdict can only be that sign test:
+# its Tables 1 and 2 give single numbers without intervals; claims 1 and 2 are shown in
+# the paper only as bar charts (its Figure 2).
 
 # %% tags=["hide-input"]
-claims = evaluate_claims(results, tolerance=tolerance)
+claims = evaluate_claims(results, margin=margin, uncertainty=uncertainty)
 display(
     Markdown(
-        f"Tolerance for claim 1: {tolerance:g}. Source of the paper's numbers: "
+        f"Equivalence margin for claim 1: ±{margin:g}. Source of the paper's numbers: "
         f"{paper_numbers()['source']}"
     )
 )
 style_claims(claims_view(claims))
 
 # %% [markdown]
+# ### What changed once uncertainty is in
+#
+# Each verdict whose answer differs from the old sign test, and why (computed from the
+# CIs above):
+
+# %% tags=["hide-input"]
+display(Markdown("\n".join(f"- {line}" for line in verdict_changes(claims))))
+
+# %% [markdown]
 # ## Summary
 #
-# The tables and figures above put this grid beside the paper. The claims table is the
-# page's verdict: read *holds* as "in this grid, for every weighted loss present", and
-# read it with the grid's limits in mind (single seeds unless the grid says otherwise,
-# small images and short training on the phantom). The paper's own tables do not
-# support every claim for every loss either: compare the two verdict columns.
+# The tables and figures above put this grid beside the paper, with 95% CIs on our side.
+# The claims table is the page's verdict: read *holds* as "in this grid, for every
+# weighted loss present, by more than the resampling noise of the test images (and of
+# the seeds, when there are several)". *Inconclusive* is an answer too: this grid cannot
+# tell the difference from noise. A one-seed grid does not see seed-to-seed variation,
+# and the concept counts then have no CI at all (Methods). The paper's own tables do not
+# support every claim for every loss either, and give no intervals: compare the verdict
+# columns.
 #
 # ### What's next?
 #

@@ -8,8 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imbalens.study.claims import CLAIMS, claims_from_table, evaluate_claims, verdict_text
+from imbalens.study.claims import (
+    CLAIMS,
+    ci_verdict,
+    claims_from_table,
+    claims_from_uncertainty,
+    evaluate_claims,
+    verdict_changes,
+    verdict_text,
+)
 from imbalens.study.results import GridResults
+from imbalens.study.stats import UNCERTAINTY_COLUMNS
 
 
 def table(**cols: list[float]) -> pd.DataFrame:
@@ -76,6 +85,9 @@ def test_missing_data_gives_none() -> None:
     assert holds is None and "BCE" in evidence
 
 
+EMPTY_UNC = pd.DataFrame(columns=UNCERTAINTY_COLUMNS)
+
+
 def grid_results(mean_prob: list[float], iobb: list[float], ior: list[float]) -> GridResults:
     losses = ["bce", "wbce", "focal", "cbfocal"][: len(mean_prob)]
     meta = {"model": "t-densenet", "task": "multilabel", "seed": 0}
@@ -108,11 +120,13 @@ def grid_results(mean_prob: list[float], iobb: list[float], ior: list[float]) ->
 
 def test_evaluate_claims_adds_the_papers_verdict() -> None:
     res = grid_results([0.1, 0.2], [0.2, 0.3], [0.3, 0.2])
-    out = evaluate_claims(res).set_index("claim")
+    out = evaluate_claims(res, uncertainty=EMPTY_UNC).set_index("claim")
     assert list(out.index) == list(CLAIMS)
-    assert out.loc["performance_equal", "holds"] is True
-    assert out.loc["alignment_up", "holds"] is True
-    assert out.loc["concepts_up", "holds"] is None
+    assert out.loc["performance_equal", "sign_holds"] is True
+    assert out.loc["alignment_up", "sign_holds"] is True
+    assert out.loc["concepts_up", "sign_holds"] is None
+    # no per-item files behind these runs: no CI, so no CI verdict
+    assert out["verdict"].tolist() == ["no data"] * 4
     # paper, multi-label T-DenseNet: Focal lowers IoBB (0.1855 < 0.2105): does not hold
     assert out.loc["alignment_up", "paper_holds"] is False
     # only WBCE raises IoBB (0.2836) and lowers IoR (0.2252 < 0.2951); CB-Focal raises IoR
@@ -124,8 +138,8 @@ def test_evaluate_claims_adds_the_papers_verdict() -> None:
 
 
 def test_evaluate_claims_rejects_negative_tolerance() -> None:
-    with pytest.raises(ValueError, match="tolerance"):
-        evaluate_claims(grid_results([0.1], [0.2], [0.3]), tolerance=-1)
+    with pytest.raises(ValueError, match="margin"):
+        evaluate_claims(grid_results([0.1], [0.2], [0.3]), margin=-1)
 
 
 def test_verdict_text() -> None:
@@ -137,11 +151,18 @@ def test_verdict_text() -> None:
 def test_claims_view_labels_and_styles() -> None:
     from imbalens.study.claims import VERDICT_COLOURS, claims_view, style_claims
 
-    view = claims_view(evaluate_claims(grid_results([0.1, 0.2], [0.2, 0.3], [0.3, 0.2])))
+    res = grid_results([0.1, 0.2], [0.2, 0.3], [0.3, 0.2])
+    view = claims_view(evaluate_claims(res, uncertainty=EMPTY_UNC))
     assert view.index.names == ["task", "model", "claim"]
     assert view.index[0][:2] == ("multi-label", "T-DenseNet")
-    assert view["this grid"].tolist() == ["holds", "holds", "holds", "no data"]
-    assert view["paper"].tolist() == ["not in a table", "not in a table", "does not hold", "holds"]
+    assert view["sign test (old)"].tolist() == ["holds", "holds", "holds", "no data"]
+    assert view["verdict (95% CI)"].tolist() == ["no data"] * 4
+    assert view["paper (no CI)"].tolist() == [
+        "not in a table",
+        "not in a table",
+        "does not hold",
+        "holds",
+    ]
     html = style_claims(view).to_html()
     assert VERDICT_COLOURS["holds"] in html and VERDICT_COLOURS["no data"] in html
 
@@ -151,3 +172,110 @@ def test_evidence_shows_seed_spread() -> None:
     frame["mean_prob_sd"] = [0.01, np.nan]
     _, evidence = verdict(frame, "probability_up")
     assert "BCE 0.100±0.01" in evidence and "WBCE 0.300 (+0.2)" in evidence
+
+
+def unc(
+    metric: str, cis: dict[str, tuple[float, float] | None], task: str = "multilabel"
+) -> list[dict]:
+    """Hand-made uncertainty rows of one metric: {loss: (lo, hi) of loss - BCE}."""
+    label = "all" if metric not in ("auroc", "ap", "mean_prob") else "Average"
+    rows = [{"metric": metric, "loss": "bce", "value": 0.5, "diff": np.nan}]
+    for loss, ci in cis.items():
+        lo, hi = ci if ci is not None else (np.nan, np.nan)
+        diff = (lo + hi) / 2 if ci is not None else 0.01
+        rows.append({"metric": metric, "loss": loss, "value": 0.5 + diff, "diff": diff,
+                     "ci_lo": lo, "ci_hi": hi})  # fmt: skip
+    base = {"model": "resnet50", "task": task, "label": label, "method": "paired bootstrap"}
+    return [base | r for r in rows]
+
+
+def ci_rows(*parts: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame([r for part in parts for r in part]).reindex(columns=UNCERTAINTY_COLUMNS)
+    return frame.set_index(["metric", "loss"], drop=False)
+
+
+W3 = ("wbce", "focal", "cbfocal")
+
+
+def test_direction_verdicts_holds_contradicted_inconclusive() -> None:
+    claim = CLAIMS["alignment_up"]
+    up, down, zero = (0.01, 0.05), (-0.05, -0.01), (-0.01, 0.02)
+    holds = ci_rows(unc("iobb", dict.fromkeys(W3, up)), unc("ior", dict.fromkeys(W3, down)))
+    verdict, evidence, reason = ci_verdict(claim, holds)
+    assert verdict == "holds" and "6/6 CIs exclude 0" in evidence
+    assert "WBCE +0.030 [+0.010, +0.050]" in evidence
+    # one loss's IoR rises significantly: contradicted, and the reason names it
+    bad = ci_rows(
+        unc("iobb", dict.fromkeys(W3, up)),
+        unc("ior", {"wbce": down, "focal": up, "cbfocal": down}),
+    )
+    verdict, _, reason = ci_verdict(claim, bad)
+    assert verdict == "contradicted" and "Focal" in reason and "other way" in reason
+    # one CI contains 0: inconclusive (the old sign test would say holds: +0.005 > 0)
+    unsure = ci_rows(
+        unc("iobb", {"wbce": up, "focal": zero, "cbfocal": up}),
+        unc("ior", dict.fromkeys(W3, down)),
+    )
+    verdict, _, reason = ci_verdict(claim, unsure)
+    assert verdict == "inconclusive" and "Focal +0.005 [-0.010, +0.020] includes 0 (IoBB)" in reason
+    # contradicted beats inconclusive
+    both = ci_rows(
+        unc("iobb", {"wbce": zero, "focal": down}), unc("ior", {"wbce": down, "focal": down})
+    )
+    assert ci_verdict(claim, both)[0] == "contradicted"
+    # no CI at all (one seed of a concept count): inconclusive
+    none = ci_rows(unc("disjoint", {"wbce": None}), unc("unique", {"wbce": None}))
+    verdict, evidence, reason = ci_verdict(CLAIMS["concepts_up"], none)
+    assert verdict == "inconclusive" and "has no CI" in reason and "not compared: Focal" in evidence
+
+
+def test_equivalence_verdicts_with_margin() -> None:
+    claim = CLAIMS["performance_equal"]
+    inside = ci_rows(
+        unc("auroc", dict.fromkeys(W3, (-0.01, 0.015))), unc("ap", dict.fromkeys(W3, (-0.019, 0.0)))
+    )
+    verdict, evidence, _ = ci_verdict(claim, inside, margin=0.02)
+    assert verdict == "equivalent" and "6/6 CIs inside ±0.02" in evidence
+    assert ci_verdict(claim, inside, margin=0.01)[0] == "inconclusive"  # margin is a parameter
+    outside = ci_rows(unc("auroc", {"wbce": (0.03, 0.06)}), unc("ap", {"wbce": (-0.01, 0.01)}))
+    verdict, _, reason = ci_verdict(claim, outside)
+    assert verdict == "not equivalent" and "outside ±0.02" in reason
+    crossing = ci_rows(unc("auroc", {"wbce": (0.01, 0.03)}), unc("ap", {"wbce": (-0.01, 0.01)}))
+    verdict, _, reason = ci_verdict(claim, crossing)
+    assert verdict == "inconclusive" and "crosses ±0.02" in reason
+    no_bce = ci_rows(unc("auroc", {"wbce": (0.0, 0.01)}), unc("ap", {"wbce": (0.0, 0.01)}))
+    no_bce = no_bce[no_bce["loss"] != "bce"]
+    assert ci_verdict(claim, no_bce)[0] == "no data"
+
+
+def test_claims_from_uncertainty_and_changed_verdicts() -> None:
+    frame = ci_rows(
+        unc("auroc", {"wbce": (-0.01, 0.01)}),
+        unc("ap", {"wbce": (-0.01, 0.01)}),
+        unc("mean_prob", {"wbce": (-0.01, 0.03)}),
+        unc("iobb", {"wbce": (0.01, 0.03)}),
+        unc("ior", {"wbce": (-0.03, -0.01)}),
+    ).reset_index(drop=True)
+    ci = claims_from_uncertainty(frame).set_index("claim")
+    assert ci["verdict"].tolist() == ["equivalent", "inconclusive", "holds", "no data"]
+    # beside the sign test: probability_up said "holds" (+0.01 > 0), now inconclusive
+    claims = ci.reset_index().assign(
+        statement=[c.text for c in CLAIMS.values()],
+        sign_holds=[True, True, True, None],
+    )
+    changes = verdict_changes(claims)
+    assert len(changes) == 2
+    assert "raise the mean predicted probability" in changes[0]
+    assert (
+        "*holds*" in changes[0] and "**inconclusive**" in changes[0] and "includes 0" in changes[0]
+    )
+    assert changes[-1] == "1 of 4 verdicts changed, 3 stayed the same."
+
+
+def test_evidence_shows_t_interval_with_several_seeds() -> None:
+    rows = ci_rows(unc("mean_prob", {"wbce": (0.01, 0.03)}))
+    rows["n_seeds"] = 3
+    rows.loc[rows["loss"] == "wbce", ["diff_lo", "diff_t_lo", "diff_t_hi"]] = [0.01, -0.01, 0.05]
+    verdict, evidence, _ = ci_verdict(CLAIMS["probability_up"], rows)
+    assert verdict == "holds"  # the verdict uses the hierarchical bootstrap CI
+    assert "WBCE +0.020 [+0.010, +0.030] (t over 3 seeds: [-0.010, +0.050])" in evidence

@@ -180,3 +180,65 @@ def test_comparison_bars() -> None:
     fig = comparison_bars(table, ["disjoint", "unique"])
     assert len(fig.axes) == 2
     assert [b.get_height() for b in bars(fig.axes[0])] == [1.0, 2.0]
+
+
+def error_segments(ax) -> list[tuple[float, float]]:
+    """(low, high) y of every vertical error bar on ``ax``, in drawing order."""
+    out = []
+    for container in ax.containers:
+        err = getattr(container, "errorbar", None)
+        if err is None:
+            continue
+        for seg in err.lines[2][0].get_segments():
+            out.append((float(seg[0][1]), float(seg[1][1])))
+    return out
+
+
+def test_figure2_error_bars_are_the_cis() -> None:
+    perf = perf_frame()
+    perf = perf[perf["seed"] == 0]
+    unc = pd.DataFrame(
+        [
+            {
+                "metric": "auroc",
+                "label": cls,
+                "loss": loss,
+                "lo": 0.6,
+                "hi": 0.75,
+                "t_lo": np.nan,
+                "t_hi": np.nan,
+            }  # fmt: skip
+            for loss in ("bce", "wbce", "cbfocal")
+            for cls in ("A", "B", "Average")
+        ]
+    )
+    fig = figure2(perf, uncertainty=unc)
+    segs = error_segments(fig.axes[0])
+    assert len(segs) == 9 and all(s == pytest.approx((0.6, 0.75)) for s in segs)
+    assert error_segments(fig.axes[1]) == []  # no CI for AP: no error bars (one seed)
+
+
+def test_comparison_bars_with_ci_and_t_interval_fallback() -> None:
+    table = pd.DataFrame(
+        {
+            "model": ["resnet50"] * 2,
+            "task": ["binary"] * 2,
+            "loss": ["bce", "focal"],
+            "disjoint": [1.0, 2.0],
+        }  # fmt: skip
+    )
+    unc = pd.DataFrame(
+        {
+            "model": "resnet50",
+            "task": "binary",
+            "metric": "disjoint",
+            "label": "all",
+            "loss": ["bce", "focal"],
+            "lo": np.nan,
+            "hi": np.nan,
+            "t_lo": [0.5, 1.5],
+            "t_hi": [1.5, 3.0],
+        }  # fmt: skip
+    )
+    fig = comparison_bars(table, ["disjoint"], uncertainty=unc)
+    assert error_segments(fig.axes[0]) == [(0.5, 1.5), (1.5, 3.0)]

@@ -200,4 +200,36 @@ def test_empty_and_partial_grids_do_not_crash(tmp_path: Path) -> None:
     assert "losses not in this grid: WBCE, Focal, CB-Focal" in gaps
     assert "runs without analysis results: resnet50-bce-multilabel-s0" in gaps
     claims = evaluate_claims(partial)
-    assert claims["holds"].isna().all()  # BCE alone: nothing to compare
+    assert claims["sign_holds"].isna().all()  # BCE alone: nothing to compare
+    assert (claims["verdict"] == "no data").all()
+
+
+def test_side_by_side_ci_marks_the_paper_as_without_ci() -> None:
+    from imbalens.study.results import PAPER_NO_CI, side_by_side_ci
+
+    nan = float("nan")
+    unc = pd.DataFrame(
+        {
+            "model": "resnet50",
+            "task": "multilabel",
+            "label": ["all", "all", "Mass", "all"],
+            "metric": ["iobb", "iobb", "iobb", "disjoint"],
+            "loss": ["bce", "focal", "bce", "bce"],
+            "value": [0.25, 0.45, 0.9, 3.0],
+            "lo": [0.2, 0.4, 0.8, nan],
+            "hi": [0.3, 0.5, 1.0, nan],
+            "t_lo": nan,
+            "t_hi": nan,
+        }  # fmt: skip
+    )
+    wide = side_by_side_ci(unc, ("iobb", "disjoint"), "ours")
+    assert list(wide.index) == [
+        ("multi-label", "ResNet50", "IoBB"),
+        ("multi-label", "ResNet50", "Disjoint"),
+    ]
+    row = wide.loc[("multi-label", "ResNet50", "IoBB")]
+    assert row[("ours", "BCE")] == "0.250 [0.200, 0.300]"  # the "all" row, not Mass
+    assert row[("ours", "WBCE")] == "—"
+    assert row[(PAPER_NO_CI, "BCE")] == "0.27"
+    assert wide.loc[("multi-label", "ResNet50", "Disjoint"), ("ours", "BCE")] == "3.000 (no CI)"
+    assert wide.loc[("multi-label", "ResNet50", "Disjoint"), (PAPER_NO_CI, "Focal")] == "585"

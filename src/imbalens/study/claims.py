@@ -1,23 +1,37 @@
-"""Check the paper's four claims against a grid's numbers (and against the paper's own).
+r"""Check the paper's four claims against a grid's numbers, with their uncertainty.
 
 Khakzar, Li et al. (2022) claim that, compared with plain BCE, the cost-sensitive losses
 (WBCE, Focal, CB-Focal)
 
-1. ``performance_equal``: leave AUROC and AP about equal,
-   $\\max_{\\ell} |m_\\ell - m_\\mathrm{BCE}| \\le \\varepsilon$ for $m \\in \\{\\mathrm{AUROC}, \\mathrm{AP}\\}$
-   (class average, multi-label; "Unhealthy", binary), $\\varepsilon$ = ``tolerance``;
-2. ``probability_up``: raise the mean predicted probability, $\\bar p_\\ell > \\bar p_\\mathrm{BCE}$;
+1. ``performance_equal``: leave AUROC and AP about equal (class average, multi-label;
+   "Unhealthy", binary);
+2. ``probability_up``: raise the mean predicted probability;
 3. ``alignment_up``: raise soft IoBB and lower soft IoR (the mean over all boxed maps);
 4. ``concepts_up``: raise the normalised concept counts, Disjoint and Unique.
 
-A claim *holds* for a (model, task) when it holds for every weighted loss present in the
-grid; the evidence string gives every number (mean ± sd over seeds when the grid has
-several) and how many of the weighted losses agree.
-When BCE or every weighted loss is missing, or a stage has not run, the verdict is
-``None`` and the evidence says what is missing. The same rules are applied to the
-paper's Tables 1 and 2 (:func:`imbalens.study.results.paper_loss_table`) to give the paper's own
-verdict where the paper tabulates the numbers (claims 3 and 4); claims 1 and 2 are only
-shown in the paper's Figure 2 as bars.
+**Verdicts with uncertainty** (:func:`ci_verdict`). For each weighted loss
+:math:`\ell` and metric :math:`m` of a claim, :mod:`imbalens.study.stats` gives a 95% CI
+:math:`[L, U]` of :math:`\Delta = m_\ell - m_\mathrm{BCE}` (paired bootstrap over
+items, hierarchical over seeds; t over seeds for the concept counts). A direction claim
+(sign :math:`\sigma = \pm 1`)
+
+- *holds* when every CI excludes 0 in the claimed direction, :math:`\sigma L > 0` and
+  :math:`\sigma U > 0`, for every weighted loss and metric;
+- is *contradicted* when some CI excludes 0 the other way (:math:`\sigma U < 0`);
+- is *inconclusive* otherwise (some CI contains 0, or there is no CI).
+
+Claim 1 is an equivalence test (two one-sided tests read off the CI, Schuirmann 1987):
+*equivalent* when every CI lies inside :math:`[-\delta, \delta]` (``margin``
+:math:`\delta`, default 0.02), *not equivalent* when some CI lies entirely outside it,
+*inconclusive* otherwise.
+
+**The old sign test** (:func:`claims_from_table`, kept as the ``sign_holds`` column): a
+claim holds when every weighted loss moves the seed-mean numbers the claimed way by any
+amount (claim 1: :math:`\max_\ell |m_\ell - m_\mathrm{BCE}| \le \delta`). It is
+also the only verdict the paper's own Tables 1 and 2 allow (single numbers, no CI), so
+the paper's verdict (claims 3 and 4) uses it; claims 1 and 2 are shown in the paper
+only as bars (Fig. 2). When BCE or every weighted loss is missing, or a stage has not
+run, the verdict is *no data* and the evidence says what is missing.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from typing import Any
 import pandas as pd
 
 from imbalens.study.results import (
+    METRIC_LABELS,
     WEIGHTED_LOSSES,
     GridResults,
     loss_label,
@@ -37,17 +52,28 @@ from imbalens.study.results import (
     ordered,
     paper_loss_table,
 )
+from imbalens.study.stats import N_BOOT, format_ci, grid_uncertainty, summary_rows
 
 Verdict = tuple[bool | None, str]
+CiVerdict = tuple[str, str, str]
+"""(verdict, evidence, reason)."""
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim: its id, the sentence shown in the book, and how to check it."""
+    """One claim: its id, the sentence shown in the book, and how to check it.
+
+    Attributes:
+        metrics: (metric, claimed sign) pairs; sign +1 up, -1 down, 0 "about equal".
+        kind: a key of :data:`VERDICT_RULES` (``direction`` or ``equivalence``).
+        check: the old sign test on a seed-mean loss table.
+    """
 
     name: str
     text: str
     check: Callable[[pd.DataFrame, float], Verdict]
+    metrics: tuple[tuple[str, int], ...] = ()
+    kind: str = "direction"
 
 
 def _fmt(x: float) -> str:
@@ -132,21 +158,26 @@ CLAIMS: dict[str, Claim] = {
             "performance_equal",
             "AUROC and AP about equal across losses",
             _performance_equal,
+            (("auroc", 0), ("ap", 0)),
+            "equivalence",
         ),
         Claim(
             "probability_up",
             "weighted losses raise the mean predicted probability",
             lambda sub, tol: _direction(sub, (("mean_prob", +1),)),
+            (("mean_prob", +1),),
         ),
         Claim(
             "alignment_up",
             "weighted losses raise IoBB and lower IoR",
             lambda sub, tol: _direction(sub, (("iobb", +1), ("ior", -1))),
+            (("iobb", +1), ("ior", -1)),
         ),
         Claim(
             "concepts_up",
             "weighted losses raise concept counts (Disjoint, Unique)",
             lambda sub, tol: _direction(sub, (("disjoint", +1), ("unique", +1))),
+            (("disjoint", +1), ("unique", +1)),
         ),
     )
 }
@@ -180,22 +211,189 @@ def claims_from_table(table: pd.DataFrame, tolerance: float = 0.02) -> pd.DataFr
     return pd.DataFrame(rows, columns=["model", "task", "claim", "statement", "holds", "evidence"])
 
 
-def evaluate_claims(results: GridResults, tolerance: float = 0.02) -> pd.DataFrame:
-    """The claims table of a grid, with the paper's verdict on the same claim beside it.
+# ----------------------------------------------------------------------------- CI verdicts
+def _ci_text(loss: str, row: pd.Series) -> str:
+    """``WBCE +0.031 [+0.012, +0.050]``, plus the t-interval when there are several seeds."""
+    text = f"{loss_label(loss)} {format_ci(row['diff'], row['ci_lo'], row['ci_hi'], signed=True)}"
+    n = row.get("n_seeds")
+    boot = pd.notna(row.get("diff_lo"))
+    if boot and pd.notna(n) and n > 1 and pd.notna(row.get("diff_t_lo")):
+        t_ci = format_ci(row["diff"], row["diff_t_lo"], row["diff_t_hi"], signed=True)
+        text += f" (t over {int(n)} seeds: {t_ci.split(' ', 1)[1]})"
+    return text
+
+
+def _ci_rows(rows: pd.DataFrame, metrics: tuple[str, ...]) -> tuple[list[str], str]:
+    """Weighted losses with a difference for every metric, or the reason there are none."""
+    have = rows.dropna(subset=["value"])
+    for m in metrics:
+        losses = set(have.loc[have["metric"] == m, "loss"])
+        if "bce" not in losses:
+            return [], f"no BCE value of {METRIC_LABELS.get(m, m)}"
+    ok = [
+        loss
+        for loss in WEIGHTED_LOSSES
+        if all(((m, loss) in rows.index) and pd.notna(rows.loc[(m, loss), "diff"]) for m in metrics)
+    ]
+    if not ok:
+        return [], f"no weighted loss (WBCE/Focal/CB-Focal) with {'/'.join(metrics)}"
+    return ok, ""
+
+
+def _method_note(rows: pd.DataFrame, metrics: tuple[str, ...]) -> str:
+    methods = rows.loc[rows["metric"].isin(metrics), "method"].dropna().unique()
+    return f" | CI method: {'; '.join(str(m) for m in methods)}" if len(methods) else ""
+
+
+def _direction_ci(
+    rows: pd.DataFrame, signs: tuple[tuple[str, int], ...], margin: float
+) -> CiVerdict:
+    """holds / contradicted / inconclusive from the difference CIs (module docstring)."""
+    metrics = tuple(m for m, _ in signs)
+    losses, why = _ci_rows(rows, metrics)
+    if not losses:
+        return "no data", why, why
+    parts, support, against, unsure = [], 0, [], []
+    for m, sign in signs:
+        items = []
+        for loss in losses:
+            row = rows.loc[(m, loss)]
+            lo, hi = sign * row["ci_lo"], sign * row["ci_hi"]
+            text = _ci_text(loss, row)
+            items.append(text)
+            if pd.isna(lo) or pd.isna(hi):
+                unsure.append(f"{loss_label(loss)}'s {METRIC_LABELS.get(m, m)} has no CI")
+            elif min(lo, hi) > 0:
+                support += 1
+            elif max(lo, hi) < 0:
+                against.append(f"{text} excludes 0 the other way ({METRIC_LABELS.get(m, m)})")
+            else:
+                unsure.append(f"{text} includes 0 ({METRIC_LABELS.get(m, m)})")
+        arrow = "up" if sign > 0 else "down"
+        parts.append(f"{m} {arrow}, loss - BCE: " + ", ".join(items))
+    total = len(losses) * len(signs)
+    if against:
+        verdict, reason = "contradicted", "; ".join(against)
+    elif support == total:
+        verdict, reason = "holds", "every CI excludes 0 in the claimed direction"
+    else:
+        verdict, reason = "inconclusive", "; ".join(unsure)
+    evidence = "; ".join(parts) + f" | {support}/{total} CIs exclude 0 as claimed"
+    return verdict, evidence + _method_note(rows, metrics) + _absent(losses), reason
+
+
+def _equivalence_ci(
+    rows: pd.DataFrame, signs: tuple[tuple[str, int], ...], margin: float
+) -> CiVerdict:
+    """equivalent / not equivalent / inconclusive: every CI inside +-margin (TOST)."""
+    metrics = tuple(m for m, _ in signs)
+    losses, why = _ci_rows(rows, metrics)
+    if not losses:
+        return "no data", why, why
+    parts, inside, outside, unsure = [], 0, [], []
+    for m in metrics:
+        items = []
+        for loss in losses:
+            row = rows.loc[(m, loss)]
+            lo, hi = row["ci_lo"], row["ci_hi"]
+            text = _ci_text(loss, row)
+            items.append(text)
+            label = f"{text} ({METRIC_LABELS.get(m, m)})"
+            if pd.isna(lo) or pd.isna(hi):
+                unsure.append(f"{loss_label(loss)}'s {METRIC_LABELS.get(m, m)} has no CI")
+            elif -margin <= lo and hi <= margin:
+                inside += 1
+            elif lo > margin or hi < -margin:
+                outside.append(f"{label} lies outside ±{margin:g}")
+            else:
+                unsure.append(f"{label} crosses ±{margin:g}")
+        parts.append(f"{m}, loss - BCE: " + ", ".join(items))
+    total = len(losses) * len(metrics)
+    if outside:
+        verdict, reason = "not equivalent", "; ".join(outside)
+    elif inside == total:
+        verdict, reason = "equivalent", f"every CI lies inside ±{margin:g}"
+    else:
+        verdict, reason = "inconclusive", "; ".join(unsure)
+    evidence = "; ".join(parts) + f" | {inside}/{total} CIs inside ±{margin:g}"
+    return verdict, evidence + _method_note(rows, metrics) + _absent(losses), reason
+
+
+def _absent(losses: list[str]) -> str:
+    gone = [loss_label(x) for x in WEIGHTED_LOSSES if x not in losses]
+    return f"; not compared: {', '.join(gone)}" if gone else ""
+
+
+VERDICT_RULES: dict[str, Callable[..., CiVerdict]] = {
+    "direction": _direction_ci,
+    "equivalence": _equivalence_ci,
+}
+"""Claim kind -> verdict rule (rows, (metric, sign) pairs, margin) -> (verdict, evidence, reason)."""
+
+
+def ci_verdict(claim: Claim, rows: pd.DataFrame, margin: float = 0.02) -> CiVerdict:
+    """The three-valued verdict of ``claim`` on one (model, task)'s uncertainty rows.
+
+    ``rows`` are :func:`imbalens.study.stats.summary_rows` of one (model, task), indexed
+    by (metric, loss). Returns (verdict, evidence, reason in words).
+    """
+    return VERDICT_RULES[claim.kind](rows, claim.metrics, margin)
+
+
+def claims_from_uncertainty(unc: pd.DataFrame, margin: float = 0.02) -> pd.DataFrame:
+    """Every claim's CI verdict per (model, task) of a :func:`grid_uncertainty` frame.
+
+    Columns: model, task, claim, verdict, evidence, reason.
+    """
+    rows = []
+    summary = summary_rows(unc)
+    for (model, task), sub in summary.groupby(["model", "task"], sort=False):
+        indexed = sub.set_index(["metric", "loss"], drop=False)
+        for claim in CLAIMS.values():
+            verdict, evidence, reason = ci_verdict(claim, indexed, margin)
+            rows.append(
+                {"model": model, "task": task, "claim": claim.name, "verdict": verdict,
+                 "evidence": evidence, "reason": reason}
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=["model", "task", "claim", "verdict", "evidence", "reason"])
+
+
+def evaluate_claims(
+    results: GridResults,
+    margin: float = 0.02,
+    uncertainty: pd.DataFrame | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The claims table of a grid: CI verdicts, the old sign test, and the paper's verdict.
 
     Args:
         results: a loaded grid (:func:`imbalens.study.results.load_grid`).
-        tolerance: the largest |AUROC or AP difference to BCE| still called "about equal".
+        margin: equivalence margin of claim 1 (and the old sign test's tolerance).
+        uncertainty: :func:`imbalens.study.stats.grid_uncertainty` of ``results``
+            (computed with ``n_boot``/``seed`` when not given).
 
     Returns:
         One row per (model, task, claim) present in the grid: model, task, claim,
-        statement, holds (bool, or ``None`` when the data are missing), evidence (the
-        numbers), paper_holds, paper_evidence.
+        statement, verdict (holds | contradicted | inconclusive | equivalent | not
+        equivalent | no data), evidence (the CIs), reason (the verdict in words),
+        sign_holds (the old sign test: bool, or ``None``), sign_evidence, paper_holds,
+        paper_evidence (the paper's sign test; it has no CIs).
     """
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    ours = claims_from_table(loss_table(results), tolerance)
-    paper = claims_from_table(paper_loss_table(), tolerance).rename(
+    if margin < 0:
+        raise ValueError(f"margin (tolerance) must be >= 0, got {margin}")
+    unc = (
+        grid_uncertainty(results, n_boot=n_boot, seed=seed) if uncertainty is None else uncertainty
+    )
+    ours = claims_from_table(loss_table(results), margin).rename(
+        columns={"holds": "sign_holds", "evidence": "sign_evidence"}
+    )
+    ci = claims_from_uncertainty(unc, margin)
+    ours = ours.merge(ci, on=["model", "task", "claim"], how="left")
+    ours["verdict"] = ours["verdict"].fillna("no data")
+    ours["evidence"] = ours["evidence"].fillna(ours["sign_evidence"])
+    ours["reason"] = ours["reason"].fillna("")
+    paper = claims_from_table(paper_loss_table(), margin).rename(
         columns={"holds": "paper_holds", "evidence": "paper_evidence"}
     )
     merged = ours.merge(paper.drop(columns="statement"), on=["model", "task", "claim"], how="left")
@@ -204,48 +402,83 @@ def evaluate_claims(results: GridResults, tolerance: float = 0.02) -> pd.DataFra
     merged.loc[untabulated, "paper_evidence"] = "claimed in the text; shown only as bars (Fig. 2)"
     no_paper = merged["paper_evidence"].isna()
     merged.loc[no_paper, "paper_evidence"] = "the paper has no such (model, task)"
-    merged["holds"] = merged["holds"].astype(object)
-    merged["paper_holds"] = (
-        merged["paper_holds"].astype(object).where(merged["paper_holds"].notna(), None)
-    )
+    for col in ("sign_holds", "paper_holds"):
+        merged[col] = merged[col].astype(object).where(merged[col].notna(), None)
     order = {name: i for i, name in enumerate(CLAIMS)}
-    models = ordered(merged["model"], ("t-densenet", "resnet50"))
+    models = {m: i for i, m in enumerate(ordered(merged["model"], ("t-densenet", "resnet50")))}
+    tasks = {"multilabel": 0, "binary": 1}
     merged = merged.sort_values(
         ["task", "model", "claim"],
-        key=lambda c: (
-            c.map(order)
-            if c.name == "claim"
-            else (
-                c.map({m: i for i, m in enumerate(models)})
-                if c.name == "model"
-                else c.map({"multilabel": 0, "binary": 1}).fillna(2)
-            )
-        ),
+        key=lambda c: c.map({"claim": order, "model": models}.get(str(c.name), tasks)).fillna(2),
     )
-    return merged.reset_index(drop=True)
+    return merged[CLAIM_COLUMNS].reset_index(drop=True)
+
+
+CLAIM_COLUMNS = [
+    "model", "task", "claim", "statement", "verdict", "evidence", "reason",
+    "sign_holds", "sign_evidence", "paper_holds", "paper_evidence",
+]  # fmt: skip
+"""Columns of :func:`evaluate_claims`."""
 
 
 def verdict_text(holds: bool | None) -> str:
-    """``"holds"``, ``"does not hold"`` or ``"no data"``."""
+    """The sign test's verdict in words: ``"holds"``, ``"does not hold"`` or ``"no data"``."""
     if holds is None or (isinstance(holds, float) and math.isnan(holds)):
         return "no data"
     return "holds" if holds else "does not hold"
 
 
+AGREES: dict[str, set[str]] = {
+    "holds": {"holds", "equivalent"},
+    "does not hold": {"contradicted", "not equivalent"},
+    "no data": {"no data"},
+}
+"""Sign-test verdict -> the CI verdicts that say the same."""
+
+
+def verdict_changes(claims: pd.DataFrame) -> list[str]:
+    """One sentence per claim whose verdict changed once the CIs are in, then a count.
+
+    Computed from :func:`evaluate_claims` (the sign test vs the CI verdict and its reason).
+    """
+    from imbalens.study.results import TASK_LABELS, model_label
+
+    out = []
+    for row in claims.itertuples():
+        old = verdict_text(row.sign_holds)
+        if row.verdict in AGREES[old]:
+            continue
+        out.append(
+            f"{model_label(row.model)}, {TASK_LABELS.get(row.task, row.task)}, "
+            f"“{row.statement}”: the sign test said *{old}*; with 95% CIs it is "
+            f"**{row.verdict}** ({row.reason})."
+        )
+    kept = len(claims) - len(out)
+    out.append(f"{len(out)} of {len(claims)} verdicts changed, {kept} stayed the same.")
+    return out
+
+
 VERDICT_COLOURS: dict[str, str] = {
     "holds": "#cde6f5",  # light Okabe-Ito blue
+    "equivalent": "#cde6f5",
     "does not hold": "#fbe0c2",  # light Okabe-Ito orange
+    "contradicted": "#fbe0c2",
+    "not equivalent": "#fbe0c2",
+    "inconclusive": "#f7f3c6",  # light yellow
     "no data": "#ececec",
     "not in a table": "#ececec",
 }
 """Background of a verdict cell in the book (the text says it too)."""
 
+VIEW_VERDICTS = ["verdict (95% CI)", "sign test (old)", "paper (no CI)"]
+"""The verdict columns of :func:`claims_view`."""
+
 
 def claims_view(claims: pd.DataFrame) -> pd.DataFrame:
     """:func:`evaluate_claims`'s frame with display labels, indexed (task, model, claim).
 
-    Columns: this grid, evidence (this grid), paper, evidence (paper); verdicts are
-    :func:`verdict_text` strings.
+    Columns: verdict (95% CI), evidence (CIs), sign test (old), paper (no CI), evidence
+    (paper: single numbers, sign test).
     """
     from imbalens.study.results import TASK_LABELS, model_label
 
@@ -254,13 +487,14 @@ def claims_view(claims: pd.DataFrame) -> pd.DataFrame:
             "task": claims["task"].map(lambda t: TASK_LABELS.get(t, t)),
             "model": claims["model"].map(model_label),
             "claim": claims["statement"],
-            "this grid": claims["holds"].map(verdict_text),
-            "evidence (this grid)": claims["evidence"],
-            "paper": [
+            "verdict (95% CI)": claims["verdict"],
+            "evidence (CIs)": claims["evidence"],
+            "sign test (old)": claims["sign_holds"].map(verdict_text),
+            "paper (no CI)": [
                 "not in a table" if claim not in PAPER_TABULATED else verdict_text(h)
                 for claim, h in zip(claims["claim"], claims["paper_holds"], strict=True)
             ],
-            "evidence (paper)": claims["paper_evidence"],
+            "evidence (paper: single numbers)": claims["paper_evidence"],
         }
     )
     return view.set_index(["task", "model", "claim"])
@@ -271,7 +505,7 @@ def style_claims(view: pd.DataFrame) -> Any:
     return (
         view.style.map(
             lambda v: f"background-color: {VERDICT_COLOURS[v]}" if v in VERDICT_COLOURS else "",
-            subset=["this grid", "paper"],
+            subset=[c for c in VIEW_VERDICTS if c in view.columns],
         )
         .set_properties(**{"text-align": "left", "vertical-align": "top"})
         .set_table_styles([{"selector": "td, th", "props": "padding: 3px 8px;"}])

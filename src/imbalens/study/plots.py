@@ -10,6 +10,7 @@ that they stay visible on any background.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -178,6 +179,46 @@ def figure1(
     return fig
 
 
+Intervals = dict[tuple[str, str], tuple[float, float]]
+"""{(category, group): (lo, hi)}: a confidence interval per bar."""
+
+
+def ci_intervals(uncertainty: pd.DataFrame, metric: str, category_col: str = "label") -> Intervals:
+    """``{(category, loss): (lo, hi)}`` of ``metric`` from :func:`imbalens.study.stats.grid_uncertainty`.
+
+    The value's bootstrap CI (``lo``/``hi``), else its t-interval over seeds; rows
+    without either are left out (their bars get no error bar).
+    """
+    sub = uncertainty[uncertainty["metric"] == metric]
+    out: Intervals = {}
+    for row in sub.itertuples():
+        lo, hi = (row.lo, row.hi) if pd.notna(row.lo) else (row.t_lo, row.t_hi)
+        if pd.notna(lo) and pd.notna(hi):
+            out[(str(getattr(row, category_col)), str(row.loss))] = (float(lo), float(hi))
+    return out
+
+
+def _bar_stats(frame: pd.DataFrame, metric: str, cats: Sequence[str], group: str,
+               category_col: str, group_col: str, intervals: Intervals | None) -> tuple[Any, Any]:  # fmt: skip
+    """Bar heights (seed means) and (2, n) error lengths: CI, else sd over seeds."""
+    stats = frame.groupby([category_col, group_col])[metric].agg(["mean", "std", "count"])
+    vals, low, high = [], [], []
+    for cat in cats:
+        v = stats.loc[(cat, group), "mean"] if (cat, group) in stats.index else np.nan
+        vals.append(v)
+        if intervals is not None:
+            lo, hi = intervals.get((cat, group), (np.nan, np.nan))
+            low.append(v - lo)
+            high.append(hi - v)
+        else:
+            sd = np.nan
+            if (cat, group) in stats.index and stats.loc[(cat, group), "count"] > 1:
+                sd = stats.loc[(cat, group), "std"]
+            low.append(sd)
+            high.append(sd)
+    return np.array(vals, dtype=float), np.array([low, high], dtype=float)
+
+
 def grouped_bars(
     ax: Axes,
     frame: pd.DataFrame,
@@ -186,39 +227,33 @@ def grouped_bars(
     groups: Sequence[str],
     group_col: str = "loss",
     category_col: str = "class",
+    intervals: Intervals | None = None,
 ) -> int:
     """Grouped bars on ``ax``: one group per category, one bar per ``groups`` entry.
 
     Values are the mean of ``metric`` over rows with the same (category, group) (e.g.
-    seeds); with several rows a black error bar shows the standard deviation. Returns
-    the number of bars drawn (missing combinations draw none).
+    seeds). Error bars: the 95% CI ``intervals[(category, group)]`` when given (see
+    :func:`ci_intervals`), else, with several rows, the standard deviation. Returns the
+    number of bars drawn (missing combinations draw none).
     """
     width = 0.8 / max(len(groups), 1)
     x = np.arange(len(categories))
-    stats = frame.groupby([category_col, group_col])[metric].agg(["mean", "std", "count"])
     drawn = 0
     for j, group in enumerate(groups):
-        vals, errs = [], []
-        for cat in categories:
-            if (cat, group) in stats.index:
-                row = stats.loc[(cat, group)]
-                vals.append(row["mean"])
-                errs.append(row["std"] if row["count"] > 1 else np.nan)
-            else:
-                vals.append(np.nan)
-                errs.append(np.nan)
-        vals_a = np.array(vals, dtype=float)
-        errs_a = np.array(errs, dtype=float)
+        vals_a, errs = _bar_stats(
+            frame, metric, categories, group, category_col, group_col, intervals
+        )
         keep = ~np.isnan(vals_a)
         if not keep.any():
             continue
+        err = errs[:, keep]
         container = ax.bar(
             x[keep] + (j - (len(groups) - 1) / 2) * width,
             vals_a[keep],
             width,
-            yerr=np.where(np.isnan(errs_a[keep]), 0, errs_a[keep])
-            if np.isfinite(errs_a).any()
-            else None,
+            yerr=np.nan_to_num(np.clip(err, 0, None)) if np.isfinite(err).any() else None,
+            capsize=2 if intervals is not None else 0,
+            error_kw={"linewidth": 0.8},
             color=LOSS_COLORS.get(group, f"C{j}"),
             label=loss_label(group),
             edgecolor="black",
@@ -238,14 +273,17 @@ def figure2(
     performance: pd.DataFrame,
     metrics: Sequence[str] = ("auroc", "ap", "mean_prob"),
     title: str | None = None,
+    uncertainty: pd.DataFrame | None = None,
 ) -> Figure:
     """The paper's Figure 2 for one (model, task): per-class bars of each metric by loss.
 
     Args:
         performance: :attr:`imbalens.study.results.GridResults.performance` rows of one model
-            and task (all seeds; bars show their mean, error bars their std).
+            and task (all seeds; bars show their mean).
         metrics: one panel per metric.
         title: figure title.
+        uncertainty: :func:`imbalens.study.stats.grid_uncertainty` rows of the same model
+            and task: error bars are their 95% CIs (else the sd over seeds, if several).
 
     Returns:
         A figure with ``len(metrics)`` axes, classes in the given row order (the average
@@ -266,7 +304,8 @@ def figure2(
         squeeze=False,
     )
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
-        grouped_bars(ax, performance, metric, classes, losses)
+        intervals = None if uncertainty is None else ci_intervals(uncertainty, metric)
+        grouped_bars(ax, performance, metric, classes, losses, intervals=intervals)
         if metric in ("auroc", "ap", "mean_prob"):
             ax.set_ylim(0, 1)
         if metric == "auroc":
@@ -402,11 +441,16 @@ def alignment_bars(summary: pd.DataFrame, title: str | None = None) -> Figure:
 
 
 def comparison_bars(
-    table: pd.DataFrame, metrics: Sequence[str], title: str | None = None
+    table: pd.DataFrame,
+    metrics: Sequence[str],
+    title: str | None = None,
+    uncertainty: pd.DataFrame | None = None,
 ) -> Figure:
     """One panel per metric, bars per loss, one group per (task, model) of a loss table.
 
-    ``table`` is :func:`imbalens.study.results.loss_table`-shaped (model, task, loss, metrics).
+    ``table`` is :func:`imbalens.study.results.loss_table`-shaped (model, task, loss, metrics);
+    with ``uncertainty`` (:func:`imbalens.study.stats.grid_uncertainty`), error bars are
+    the 95% CIs of the summary rows (label ``all``).
     """
     frame = table.assign(
         setting=table["model"].map(model_label)
@@ -422,8 +466,20 @@ def comparison_bars(
         layout="constrained",
         squeeze=False,
     )
+    intervals_of = None
+    if uncertainty is not None:
+        unc = uncertainty[uncertainty["label"] == "all"]
+        unc = unc.assign(
+            setting=unc["model"].map(model_label)
+            + "\n"
+            + unc["task"].map(lambda t: TASK_LABELS.get(t, t))
+        )
+        intervals_of = {m: ci_intervals(unc, m, category_col="setting") for m in metrics}
     for ax, metric in zip(axes[0], metrics, strict=True):
-        grouped_bars(ax, frame, metric, settings, losses, category_col="setting")
+        intervals = None if intervals_of is None else intervals_of[metric]
+        grouped_bars(
+            ax, frame, metric, settings, losses, category_col="setting", intervals=intervals
+        )
         ax.set_title(METRIC_LABELS.get(metric, metric.capitalize()))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.tick_params(axis="x", rotation=0)

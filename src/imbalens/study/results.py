@@ -420,6 +420,66 @@ def side_by_side(
     return wide.reindex(row_order).round(digits)
 
 
+PAPER_NO_CI = "paper (single numbers, no CI)"
+"""Column label of the paper's numbers in :func:`side_by_side_ci`: the paper gives no CIs."""
+
+
+def side_by_side_ci(
+    uncertainty: pd.DataFrame, metrics: tuple[str, ...], ours_label: str, digits: int = 3
+) -> pd.DataFrame:
+    """:func:`side_by_side` as text: ours as ``value [lo, hi]`` (95% CI), the paper's bare.
+
+    ``uncertainty`` is :func:`imbalens.study.stats.grid_uncertainty`; its summary rows
+    (label ``all``) are used, with the value's bootstrap CI, else its t-interval over
+    seeds, else ``(no CI)``. The paper's column is :data:`PAPER_NO_CI`. Rows (task,
+    model, metric); columns (source, loss); a loss we did not run is ``—``.
+    """
+    from imbalens.study.stats import ALL, format_ci
+
+    unc = uncertainty[(uncertainty["label"] == ALL) & uncertainty["metric"].isin(metrics)]
+    paper = paper_loss_table()
+    present = set(zip(unc["task"], unc["model"], strict=True))
+    cells: dict[tuple[str, str, str], dict[tuple[str, str], str]] = {}
+
+    def key(task: str, model: str, metric: str) -> tuple[str, str, str]:
+        return (TASK_LABELS.get(task, task), model_label(model), METRIC_LABELS.get(metric, metric))
+
+    for row in unc.itertuples():
+        lo, hi = (row.lo, row.hi) if pd.notna(row.lo) else (row.t_lo, row.t_hi)
+        text = format_ci(row.value, lo, hi, digits)
+        cells.setdefault(key(row.task, row.model, row.metric), {})[
+            (ours_label, loss_label(row.loss))
+        ] = text
+    for row in paper.itertuples():
+        if (row.task, row.model) not in present:
+            continue
+        for metric in metrics:
+            value = getattr(row, metric)
+            text = f"{value:.4g}" if pd.notna(value) else "—"
+            cells.setdefault(key(row.task, row.model, metric), {})[
+                (PAPER_NO_CI, loss_label(row.loss))
+            ] = text
+    cols = [(src, LOSS_LABELS[x]) for src in (PAPER_NO_CI, ours_label) for x in LOSS_ORDER]
+    frame = pd.DataFrame.from_dict(cells, orient="index").reindex(
+        columns=pd.MultiIndex.from_tuples(cols, names=["source", "loss"])
+    )
+    if frame.empty:
+        return frame
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=["task", "model", "metric"])
+    rank = {
+        "task": [TASK_LABELS[t] for t in TASK_ORDER],
+        "model": [MODEL_LABELS[m] for m in MODEL_ORDER],
+        "metric": [METRIC_LABELS.get(m, m) for m in metrics],
+    }
+    order = sorted(
+        frame.index,
+        key=lambda r: tuple(
+            rank[n].index(v) if v in rank[n] else 9 for n, v in zip(rank, r, strict=True)
+        ),
+    )
+    return frame.reindex(order).astype(object).fillna("—")
+
+
 def grid_label(results: GridResults) -> str:
     """A label for our numbers: ``imbalens (this grid: <grid name>, <data root>)``."""
     roots = set()
