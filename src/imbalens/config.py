@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": {
         "name": "bce",  # bce | wbce | focal | cbfocal
         "variant": "paper",  # paper | official
+        "reduction": "auto",  # auto (paper: sum, official: mean) | sum | mean
         "hyper": {},  # e.g. {alpha: 0.25, gamma: 2.0, beta: 0.9999}
     },
     "train": {
