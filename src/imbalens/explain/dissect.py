@@ -6,7 +6,9 @@ For a layer with channels :math:`c = 1..C` and activation maps :math:`A^c_i` of 
 $$ P(A^c \\ge \\tau_c) = q $$
 
 over the whole annotation set (``threshold="dataset"``, the paper: Khakzar, Li et al.
-2022, Sec. 4.3; q = 0.01 for T-DenseNet, 0.04 for ResNet50). Each map is binarised,
+2022, Sec. 4.3; q = 0.01 for T-DenseNet, 0.04 for ResNet50). As in network dissection
+(Bau et al. 2017), the quantile is taken over the activation cells themselves; the maps
+are then upsampled to the input (below) and binarised there with :math:`\\tau_c`. Each map is binarised,
 :math:`[A^c_i \\ge \\tau_c]`, split into connected components (``skimage.measure.label``;
 ``connectivity=1``: 4-connected, ``connectivity=2``: 8-connected, the default and what
 OpenCV contours use), and a component that shares at least one cell with the boxes of
@@ -437,45 +439,58 @@ def count_contours(maps: np.ndarray) -> np.ndarray:
     return out
 
 
-def count_overlapping(maps: np.ndarray, boxes: np.ndarray, connectivity: int = 2) -> np.ndarray:
-    """Per map, the connected components of ``maps`` that share a cell with ``boxes``.
+def count_overlapping(
+    maps: np.ndarray, boxes: np.ndarray | list[np.ndarray], connectivity: int = 2, per_box: int = 1
+) -> np.ndarray:
+    """Per map, the connected components of ``maps`` that share a cell with its box.
 
     Args:
         maps: (M, H, W) bool binarised activation maps.
-        boxes: (M, H, W) bool box masks (one per map), or a list of such stacks (then the
-            result has one row per stack: (len(boxes), M)).
+        boxes: (M / per_box, H, W) bool box masks, map j against ``boxes[j // per_box]``
+            (``per_box`` = channels per image), or a list of such stacks (then the result
+            has one row per stack: (len(boxes), M)).
         connectivity: 1 (4-connected) or 2 (8-connected), as ``skimage.measure.label``.
+
+    Only maps with an active cell inside a box are labelled (the others count 0).
     """
     maps = np.asarray(maps, dtype=bool)
     many = isinstance(boxes, list)
     stacks = boxes if many else [boxes]
     m, h, w = maps.shape
+    grouped = maps.reshape(-1, per_box, h, w)
+    hit = np.zeros(m, dtype=bool)
+    for box in stacks:
+        hit |= (grouped & box[:, None]).any(axis=(2, 3)).reshape(-1)
+    idx = np.flatnonzero(hit)
     out = np.zeros((len(stacks), m), dtype=np.int64)
     per_map = (h + 2) * (w + 2)
-    for m0, m1 in _chunks(m, h, w):
-        pad = np.zeros((m1 - m0, h + 2, w + 2), dtype=bool)
-        pad[:, 1:-1, 1:-1] = maps[m0:m1]
+    for m0, m1 in _chunks(idx.size, h, w):
+        part = idx[m0:m1]
+        pad = np.zeros((part.size, h + 2, w + 2), dtype=bool)
+        pad[:, 1:-1, 1:-1] = maps[part]
         lab = label(pad.reshape(-1, w + 2), connectivity=connectivity).reshape(pad.shape)
         fg = lab > 0
+        sel = np.zeros_like(fg)
         for k, box in enumerate(stacks):
-            sel = np.zeros_like(fg)
-            sel[:, 1:-1, 1:-1] = box[m0:m1]
-            out[k, m0:m1] = _distinct_per_map(lab, fg & sel, per_map, m1 - m0)
+            sel[:, 1:-1, 1:-1] = box[part // per_box]
+            out[k, part] = _distinct_per_map(lab, fg & sel, per_map, part.size)
     return out if many else out[0]
 
 
 def _clipped_contours(active: np.ndarray, box: np.ndarray, connectivity: int) -> np.ndarray:
     """Official counting: contours (RETR_TREE) of binary map x union box mask, (N, C)."""
     n, c, h, w = active.shape
-    clipped = active & box[:, None]
-    return count_contours(clipped.reshape(n * c, h, w)).reshape(n, c)
+    clipped = (active & box[:, None]).reshape(n * c, h, w)
+    out = np.zeros(n * c, dtype=np.int64)
+    idx = np.flatnonzero(clipped.any(axis=(1, 2)))  # empty maps have no contour
+    out[idx] = count_contours(clipped[idx])
+    return out.reshape(n, c)
 
 
 def _overlapping(active: np.ndarray, box: np.ndarray, connectivity: int) -> np.ndarray:
     """Paper counting: components of the binary map that overlap the box, (N, C)."""
     n, c, h, w = active.shape
-    boxes = np.repeat(box, c, axis=0)
-    return count_overlapping(active.reshape(n * c, h, w), boxes, connectivity).reshape(n, c)
+    return count_overlapping(active.reshape(n * c, h, w), box, connectivity, c).reshape(n, c)
 
 
 COUNTING: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
@@ -570,13 +585,14 @@ class _Run:
 
 
 class _ChannelValues:
-    """Re-iterable of (C, m) activation values per batch (for the threshold passes)."""
+    """Re-iterable of (C, m) activation values per batch (for the dataset threshold
+    passes): the activation cells themselves, not upsampled (Bau et al. 2017)."""
 
-    def __init__(self, run: _Run, batches: Iterable[Any]):
-        self.run, self.batches = run, batches
+    def __init__(self, batches: Iterable[Any]):
+        self.batches = batches
 
     def __iter__(self) -> Iterator[Tensor]:
-        for acts, _, _, _ in self.run.stream(self.batches, with_masks=False):
+        for acts, _, _, _ in _prepared(self.batches, None, with_masks=False):
             yield _by_channel(acts)
 
 
@@ -635,8 +651,10 @@ def _count_pass(
         if use_fm and run.counting == "components":
             n, c, h, w = active.shape
             fm_np = fm.numpy()
-            stacks = [np.repeat(fm_np[:, f], c, axis=0) for f in range(fm_np.shape[1])]
-            f_counts = count_overlapping(active.reshape(n * c, h, w), stacks, run.connectivity)
+            stacks = [fm_np[:, f] for f in range(fm_np.shape[1])]
+            f_counts = count_overlapping(
+                active.reshape(n * c, h, w), stacks, run.connectivity, per_box=c
+            )
             tally.add_findings(f_counts.reshape(-1, n, c), fm_np)
     if tally is None:
         raise ValueError("no activations: the batches are empty")
@@ -747,7 +765,7 @@ def count_concepts(
     tau = tau_err = floor = None
     if threshold == "dataset":
         tau, tau_err, floor = _dataset_thresholds(
-            _ChannelValues(run, batches), 1.0 - q, exact, exact_limit, bins
+            _ChannelValues(batches), 1.0 - q, exact, exact_limit, bins
         )
     tally, names, batch_taus = _count_pass(run, batches, tau, floor, finding_names)
     if threshold == "batch":
