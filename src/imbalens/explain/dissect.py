@@ -22,9 +22,11 @@ where :math:`Z` is the number of images (``normalise="images"``, the paper) or o
 
 Resolution of the comparison. By default (``upsample_to="mask"``) the activations are
 bilinearly upsampled (``align_corners=False``) to the box masks' (input) resolution, as
-the paper's equation and the official code do, and thresholds, components and the overlap
-with the boxes are all computed there: a box then marks exactly its own pixels (a Nodule
-box, 0.5% of the image, marks 0.5%). ``upsample_to=S`` upsamples to S x S instead.
+the paper's equation and the official code do, and the binary maps, their components and
+the overlap with the boxes are computed there: a box then marks exactly its own pixels (a
+Nodule box, 0.5% of the image, marks 0.5%). Dataset thresholds are quantiles of the
+activation cells (before upsampling, as Bau et al. 2017); per-batch thresholds
+(``threshold="batch"``, the official code) are quantiles of the upsampled maps. ``upsample_to=S`` upsamples to S x S instead.
 ``upsample_to=None`` compares at the activation grid; a cell then belongs to the box when
 the box covers at least ``box_cover`` (default 1/2) of it (adaptive average pooling of the
 input-resolution mask). The former rule, "any part covered" (max-pooling), inflates small
