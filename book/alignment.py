@@ -29,9 +29,12 @@ which = "best"
 #
 # IoBB is the share of the box that is salient (recall-like), IoR the share of the
 # saliency that lies in the box (precision-like). The paper's Table 1 reports their mean
-# over all maps.
+# over all maps. A *dead* map (zero everywhere) scores 0 on both, as in the authors'
+# code, and is counted (`n_dead`). In the binary task the default (`analysis.binary_boxes:
+# union`, the authors' code) is one map per image against the union of all its boxes;
+# `per_finding` makes one row per (image, finding). The `boxes` column says which.
 #
-# 1. Computing the maps and overlaps (`imbalens.explain.analyse.analyse_run`)
+# 1. Computing the maps and overlaps (`imbalens.explain.analyse.align_run`)
 # 2. One example per finding, box outlined
 # 3. IoBB and IoR by finding
 #
@@ -53,7 +56,7 @@ from pathlib import Path
 import pandas as pd
 
 from imbalens.config import load_config
-from imbalens.explain.analyse import analyse_run
+from imbalens.explain.analyse import align_run
 from imbalens.runfolder import RunFolder
 from imbalens.study.plots import alignment_bars, cam_gallery
 from imbalens.study.results import cam_samples, loss_label, model_label
@@ -67,13 +70,13 @@ title = f"{model_label(cfg['model']['name'])}, {loss_label(loss)}, {cfg['data'][
 # %% [markdown]
 # ## Computing the analysis
 #
-# `analyse_run` computes the CAMs and overlaps of every boxed test image
-# (`alignment.csv`, `alignment_summary.csv`) and the concept counts of the next page
-# (`concepts.json`, `concepts_channels.csv`); it does nothing when `analysis.done`
-# exists.
+# `align_run` computes the CAMs and overlaps of every boxed test image and nothing else
+# (`alignment.csv`, `alignment_summary.csv`, then the marker `alignment.done`); it does
+# nothing when the marker exists. The concepts page runs the dissection on its own.
 
 # %%
-analysis = analyse_run(run)
+alignment = align_run(run)
+{k: alignment[k] for k in ("n_images", "n_boxes", "n_maps", "n_dead", "boxes", "iobb", "ior")}
 
 # %% [markdown]
 # ## Examples
@@ -93,8 +96,10 @@ else:
 # %% [markdown]
 # ## IoBB and IoR by finding
 #
-# Mean, standard deviation and number of maps per finding; the *all* row, the mean over
-# every map, is the number the paper's Table 1 reports.
+# Mean, standard deviation and number of maps per finding, and how many of them are
+# dead (`n_dead`, counted as 0 in the means); the *all* row, the mean over every map, is
+# the number the paper's Table 1 reports. A union map of an image with boxes of several
+# findings counts in each of their rows and once in *all*.
 
 # %%
 summary = pd.read_csv(folder.alignment_summary)

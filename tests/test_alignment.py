@@ -36,14 +36,15 @@ def test_hard_variants():
     assert soft_ior(cam, mask, threshold=0.75).item() == 1.0
 
 
-def test_leading_dims_and_nan():
+def test_leading_dims_dead_map_and_empty_mask():
+    """A dead (all-zero) map: IoBB 0 and IoR 0 (official 0/0 -> 0; was NaN); empty mask: NaN."""
     cam, mask = _map_and_mask()
     cams = torch.stack([cam, torch.zeros(4, 4), cam])
     masks = torch.stack([mask, mask, torch.zeros(4, 4, dtype=torch.bool)])
     iobb, ior = soft_iobb(cams, masks), soft_ior(cams, masks)
     assert iobb.shape == (3,)
     assert iobb[0] == 0.375 and iobb[1] == 0.0 and math.isnan(iobb[2])
-    assert ior[0] == 0.75 and math.isnan(ior[1]) and ior[2] == 0.0
+    assert ior[0] == 0.75 and ior[1] == 0.0 and ior[2] == 0.0
     with pytest.raises(ValueError, match="differ in H, W"):
         soft_iobb(cams, masks[..., :2])
 
@@ -88,11 +89,11 @@ class _Boxed(torch.utils.data.Dataset):
         return self.items[i]
 
 
-@pytest.mark.parametrize("task", ["multilabel", "binary"])
-def test_alignment_table_and_summary(task):
+@pytest.mark.parametrize("task,boxes", [("multilabel", "auto"), ("binary", "per_finding")])
+def test_alignment_table_and_summary(task, boxes):
     names = class_names(task)
-    df = alignment_table(_Toy(len(names)), _Boxed(), names, task, batch_size=2)
-    assert list(df.columns) == ["image", "finding", "output", "iobb", "ior"]
+    df = alignment_table(_Toy(len(names)), _Boxed(), names, task, batch_size=2, boxes=boxes)
+    assert list(df.columns) == ["image", "finding", "output", "iobb", "ior", "dead", "boxes"]
     assert df[["image", "finding"]].values.tolist() == [
         ["a.png", "Nodule"],
         ["b.png", "Cardiomegaly"],
@@ -102,11 +103,72 @@ def test_alignment_table_and_summary(task):
     assert df["output"].tolist() == expect_out
     assert df["iobb"].tolist() == [0.375, 0.5, 0.375]
     assert df["ior"].tolist() == [0.75, 0.25, 0.75]
+    assert set(df["boxes"]) == {"per_finding"}
     s = summarise_alignment(df).set_index("finding")
     assert s.loc["all", "iobb_mean"] == pytest.approx(1.25 / 3)
     assert s.loc["all", "iobb_n"] == 3 and s.loc["Nodule", "iobb_n"] == 2
     assert s.loc["Nodule", "ior_std"] == 0.0
     assert list(s.index) == ["Cardiomegaly", "Nodule", "all"]
+    assert s.loc["all", "n_dead"] == 0 and s.loc["all", "boxes"] == "per_finding"
+
+
+def test_binary_default_is_one_map_per_image_against_the_union():
+    """Official: image b has Nodule (4 px, CAM 1.5) and Cardiomegaly (1 px, CAM 0.5) boxes:
+    one map against their union, IoBB 2/5, IoR 2/2; per_finding gives 3 rows instead."""
+    names = class_names("binary")
+    df = alignment_table(_Toy(1), _Boxed(), names, "binary", batch_size=2)
+    assert df[["image", "finding"]].values.tolist() == [
+        ["a.png", "Nodule"],
+        ["b.png", "Cardiomegaly|Nodule"],
+    ]
+    assert df["iobb"].tolist() == [0.375, 0.4]
+    assert df["ior"].tolist() == [0.75, 1.0]
+    s = summarise_alignment(df).set_index("finding")
+    assert s.loc["all", "iobb_n"] == 2 and s.loc["Nodule", "iobb_n"] == 2
+    assert s.loc["Cardiomegaly", "iobb_n"] == 1 and s.loc["all", "boxes"] == "union"
+    with pytest.raises(ValueError, match="binary task"):
+        alignment_table(_Toy(14), _Boxed(), class_names("multilabel"), "multilabel", boxes="union")
+
+
+class _TenWithDead(torch.utils.data.Dataset):
+    """10 images with a Nodule box; the CAM (= channel 0) of images 0, 4, 7 is all zero."""
+
+    def __init__(self):
+        cam = torch.zeros(4, 4)
+        cam[0, 0], cam[3, 3] = 0.3, 0.7  # IoR = 0.3 on the live maps
+        mask = torch.zeros(8, 4, 4, dtype=torch.bool)
+        mask[5, 0:2, 0:2] = True
+        has = torch.zeros(8, dtype=torch.bool)
+        has[5] = True
+        self.names = [f"{i}.png" for i in range(10)]
+        self.items = [
+            dict(
+                image=torch.stack([torch.zeros(4, 4) if i in (0, 4, 7) else cam, torch.ones(4, 4)]),
+                box_mask=mask,
+                has_box=has,
+                index=i,
+            )
+            for i in range(10)
+        ]
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_dead_maps_count_as_zero_in_both_metrics_and_are_counted():
+    names = class_names("multilabel")
+    df = alignment_table(_Toy(len(names)), _TenWithDead(), names, "multilabel", batch_size=4)
+    assert df["dead"].tolist() == [i in (0, 4, 7) for i in range(10)]
+    s = summarise_alignment(df).set_index("finding")
+    # official: (7 x 0.3 + 3 x 0) / 10 = 0.21; dropping the dead maps gave 0.30
+    assert s.loc["all", "ior_mean"] == pytest.approx(0.21)
+    assert s.loc["all", "ior_n"] == s.loc["all", "iobb_n"] == 10
+    # min-max normalised CAM: 0.3/0.7 in the box of 4 cells
+    assert s.loc["all", "iobb_mean"] == pytest.approx(7 * (0.3 / 0.7) / 4 / 10)
+    assert s.loc["all", "n_dead"] == 3 and s.loc["Nodule", "n_dead"] == 3
 
 
 def test_alignment_missing_output_is_an_error():

@@ -92,3 +92,48 @@ def test_analyse_run_binary_resnet_cli(tiny_phantom, tmp_path):
     res = analyse_run(tmp_path, device="cpu", limit=6)  # done: read back, not recomputed
     assert res["iobb"] == pytest.approx(np.nanmean(table["iobb"]))
     assert res["n_boxes"] == concepts["n_boxes"] and res["n_images"] == 6
+
+
+def test_stages_run_alone_each_with_its_marker(tiny_phantom, tmp_path):
+    """alignment computes CAMs + IoBB/IoR only; concepts the dissection only (official
+    mode here); analyse_model then reuses both and writes analysis.done."""
+    from imbalens.explain.analyse import align_model, concepts_model
+    from imbalens.runfolder import RunFolder
+    from imbalens.training.models import build_model
+
+    cfg = _cfg(tiny_phantom)
+    cfg["analysis"]["dissection"] = "official"
+    data = load_nih(tiny_phantom)
+    torch.manual_seed(0)
+    model = build_model("t-densenet", len(data.class_names)).eval()
+    folder = RunFolder(tmp_path)
+    align = align_model(model, data, cfg, tmp_path, device="cpu", limit=4)
+    assert folder.alignment_done.is_file() and folder.alignment_summary.is_file()
+    assert not folder.concepts.exists() and not folder.concepts_done.exists()
+    table = pd.read_csv(folder.alignment)
+    assert align["n_dead"] == int(table["dead"].sum()) and align["boxes"] == "per_finding"
+    assert (table.loc[table["dead"], ["iobb", "ior"]] == 0).all().all()  # dead: both 0
+    concepts = concepts_model(model, data, cfg, tmp_path, device="cpu", limit=4)
+    assert folder.concepts_done.is_file() and folder.analysis_done.is_file()  # both done
+    written = json.loads(folder.concepts.read_text())
+    assert written["counting"] == "contours" and written["normalise"] == "entries"
+    assert written["threshold"] == "batch" and written["floor_ties"] is False
+    assert written["n_entries"] == written["n_boxes"] == concepts["n_boxes"]
+    mtimes = [p.stat().st_mtime_ns for p in (folder.alignment, folder.concepts)]
+    res = analyse_model(model, data, cfg, tmp_path, device="cpu", limit=4)
+    assert [p.stat().st_mtime_ns for p in (folder.alignment, folder.concepts)] == mtimes
+    assert res["iobb"] == align["iobb"] and folder.analysis_done.is_file()
+
+
+def test_dissection_settings_modes_and_overrides():
+    from imbalens.explain.analyse import dissection_settings
+
+    a = dict(merge_config()["analysis"])
+    paper = dissection_settings(a, 224)
+    assert paper["threshold"] == "dataset" and paper["counting"] == "components"
+    assert paper["upsample_to"] == 224 and paper["floor_ties"] is True
+    official = dissection_settings({**a, "dissection": "official", "floor_ties": True}, 80)
+    assert official["counting"] == "contours" and official["normalise"] == "entries"
+    assert official["floor_ties"] is True  # an explicit key wins over the mode
+    with pytest.raises(ValueError, match="analysis.dissection"):
+        dissection_settings({**a, "dissection": "mmcls"}, 80)

@@ -31,8 +31,11 @@ def unified_numpy(x: np.ndarray, y: np.ndarray, w_pos, w_neg) -> float:
     return float(np.mean(-(w_pos * y * np.log(p) + w_neg * (1.0 - y) * np.log(1.0 - p))))
 
 
-def value(name: str, variant: str = "paper", x=X, y=Y, pos=POS, neg=NEG, **hyper) -> float:
-    return float(build_loss(name, pos, neg, variant, **hyper)(t(x), t(y)))
+def value(
+    name: str, variant: str = "paper", x=X, y=Y, pos=POS, neg=NEG, reduction="mean", **hyper
+) -> float:
+    """The loss with ``reduction="mean"`` (the literals below are means over batch x classes)."""
+    return float(build_loss(name, pos, neg, variant, reduction, **hyper)(t(x), t(y)))
 
 
 def test_registry_names() -> None:
@@ -107,7 +110,7 @@ def test_fixed_example_against_numpy_and_literals() -> None:
 def test_bce_equals_torch_bce_with_logits() -> None:
     torch.manual_seed(0)
     x, y = torch.randn(16, 14), (torch.rand(16, 14) < 0.3).float()
-    loss = build_loss("bce", np.ones(14), np.ones(14))
+    loss = build_loss("bce", np.ones(14), np.ones(14), reduction="mean")
     torch.testing.assert_close(loss(x, y), F.binary_cross_entropy_with_logits(x, y))
 
 
@@ -142,7 +145,7 @@ def test_official_wbce_fallback() -> None:
 def test_focal_gamma_zero_is_alpha_weighted_bce() -> None:
     torch.manual_seed(2)
     x, y = torch.randn(8, 3), (torch.rand(8, 3) < 0.5).float()
-    loss = build_loss("focal", np.ones(3), np.ones(3), alpha=0.3, gamma=0.0)
+    loss = build_loss("focal", np.ones(3), np.ones(3), reduction="mean", alpha=0.3, gamma=0.0)
     weight = 0.3 * y + 0.7 * (1 - y)
     torch.testing.assert_close(loss(x, y), F.binary_cross_entropy_with_logits(x, y, weight=weight))
 
@@ -152,7 +155,7 @@ def test_focal_agrees_with_torchvision(gamma: float) -> None:
     torch.manual_seed(3)
     x = (3 * torch.randn(16, 14)).requires_grad_()
     y = (torch.rand(16, 14) < 0.2).float()
-    ours = build_loss("focal", np.ones(14), np.ones(14), gamma=gamma)(x, y)
+    ours = build_loss("focal", np.ones(14), np.ones(14), reduction="mean", gamma=gamma)(x, y)
     (g_ours,) = torch.autograd.grad(ours, x)
     ref = sigmoid_focal_loss(x, y, alpha=0.25, gamma=gamma, reduction="mean")
     (g_ref,) = torch.autograd.grad(ref, x)
@@ -211,8 +214,9 @@ def test_finite_at_large_logits(name: str, variant: str, dtype: torch.dtype) -> 
     (grad,) = torch.autograd.grad(out, x)
     assert out.dtype == torch.float32
     assert torch.isfinite(out) and bool(torch.isfinite(grad).all())
-    if name == "bce":
-        assert float(out.detach()) == pytest.approx(50.0, rel=1e-4)  # (0 + 100 + 100 + 0) / 4
+    if name == "bce":  # 0 + 100 + 100 + 0: summed (paper) or averaged over 4 (official)
+        expected = 200.0 if variant == "paper" else 50.0
+        assert float(out.detach()) == pytest.approx(expected, rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- shapes, rules
@@ -260,7 +264,7 @@ def test_bad_arguments_are_named() -> None:
 
 
 def test_weights_are_buffers() -> None:
-    loss = build_loss("cbfocal", POS, NEG)
+    loss = build_loss("cbfocal", POS, NEG, reduction="mean")
     assert {"w_pos", "w_neg", "pos_counts", "neg_counts"} <= set(dict(loss.named_buffers()))
     wbce = build_loss("wbce", POS, NEG, "official")
     assert "fallback_pos_weight" in dict(wbce.named_buffers())
@@ -269,3 +273,116 @@ def test_weights_are_buffers() -> None:
     assert float(as64(t(X, torch.float64), t(Y, torch.float64))) == pytest.approx(
         0.028946118182692368, rel=1e-6
     )
+
+
+# ----------------------------------------------------------------------------- reduction
+
+# NIH ChestX-ray14 full-set prevalence (study.md), scaled to the 86,524 training images.
+NIH_PREVALENCE = np.array(
+    [11559, 2776, 4667, 2303, 13317, 2516, 1686, 227, 19894, 5782, 6331, 3385, 1431, 5302],
+    dtype=float,
+)  # Atelectasis ... Pneumothorax, alphabetical (14 findings)
+NIH_TRAIN = 86_524
+NIH_POS = np.round(NIH_PREVALENCE * NIH_TRAIN / 112_120)
+NIH_NEG = NIH_TRAIN - NIH_POS
+ADAM_EPS = 1e-8
+
+
+def test_reduction_auto_per_variant_and_sum_is_bk_times_mean() -> None:
+    """auto: paper -> sum (the paper's equation), official -> mean (the authors' code)."""
+    for name in LOSSES:
+        paper = build_loss(name, POS, NEG, "paper")
+        official = build_loss(name, POS, NEG, "official")
+        assert (paper.reduction, official.reduction) == ("sum", "mean"), name
+        mean = value(name, "paper", reduction="mean")
+        assert value(name, "paper", reduction="auto") == pytest.approx(6 * mean, rel=1e-6)
+        assert value(name, "official", reduction="sum") == pytest.approx(
+            6 * value(name, "official"), rel=1e-6
+        )
+    with pytest.raises(ValueError, match="reduction"):
+        build_loss("bce", POS, NEG, reduction="none")
+
+
+def _small_model() -> torch.nn.Module:
+    """Three 3x3 convolutions and a global max pool (lesions are local), seeded."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 14),
+    )
+
+
+def _median_grad(reduction: str) -> float:
+    model = _small_model()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 1, 16, 16, generator=gen)
+    y = (torch.rand(512, 14, generator=gen) < torch.tensor(NIH_POS / NIH_TRAIN)).float()
+    loss = build_loss("cbfocal", NIH_POS, NIH_NEG, "paper", reduction)
+    loss(model(x), y).backward()
+    grads = torch.cat([p.grad.abs().flatten() for p in model.parameters()])
+    return float(grads.median())
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_paper_cbfocal_gradient_not_swamped_at_nih_counts() -> None:
+    """Batch 512 x 14 at NIH's counts: the paper's sum gives median |grad| >> Adam's eps.
+
+    The mean (the old reduction) gives a median |grad| near eps (measured: ~1e-8 scale),
+    the sum B*K = 7,168 times more.
+    """
+    mean, default = _median_grad("mean"), _median_grad("auto")
+    print(f"median |grad|: mean {mean:.3g}, sum {default:.3g}")
+    assert default == pytest.approx(512 * 14 * mean, rel=1e-3)
+    assert default > 1e3 * ADAM_EPS
+    assert mean < 1e2 * ADAM_EPS  # the defect: within two decades of eps
+
+
+def _phantom_auroc_gain(tiny_phantom, reduction: str, steps: int = 100) -> tuple[float, float]:
+    """Train a tiny CNN with paper CB-Focal at NIH-scale counts on the phantom; AUROC."""
+    from sklearn.metrics import roc_auc_score
+
+    from imbalens.data.nih import load_nih
+
+    data = load_nih(tiny_phantom, task="binary")
+    ds = data.dataset("train", 32, augment=False)
+    items = [ds[i] for i in range(len(ds))]
+    x = torch.stack([it["image"][:1] for it in items])
+    y = torch.stack([torch.as_tensor(it["target"]).float().reshape(1) for it in items])
+    model = _small_model()
+    model[-1] = torch.nn.Linear(model[-1].in_features, 1)
+    # NIH-scale counts of the binary task: 51,941 unhealthy of 86,524 (No Finding 60,361)
+    pos = np.array([NIH_TRAIN - round(60361 * NIH_TRAIN / 112_120)], dtype=float)
+    loss = build_loss("cbfocal", pos, NIH_TRAIN - pos, "paper", reduction)
+    opt = torch.optim.Adam(model.parameters(), lr=4e-4, weight_decay=1e-6)
+
+    def auroc() -> float:
+        with torch.no_grad():
+            return float(roc_auc_score(y.numpy().ravel(), model(x).numpy().ravel()))
+
+    before = auroc()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(len(x), (32,), generator=gen)
+        opt.zero_grad()
+        loss(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return before, auroc()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_paper_cbfocal_learns_on_phantom_with_nih_counts(tiny_phantom) -> None:
+    """100 Adam steps (lr 4e-4, wd 1e-6), binary phantom, NIH-scale counts: the summed
+    paper CB-Focal raises the training AUROC; the mean (old default) barely moves it."""
+    before, after_sum = _phantom_auroc_gain(tiny_phantom, "auto")
+    _, after_mean = _phantom_auroc_gain(tiny_phantom, "mean")
+    # measured: before 0.439, sum 0.775, mean 0.662
+    assert after_sum > before + 0.25
+    assert after_sum > after_mean + 0.05

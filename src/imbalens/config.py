@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": {
         "name": "bce",  # bce | wbce | focal | cbfocal
         "variant": "paper",  # paper | official
+        "reduction": "auto",  # auto (paper: sum, official: mean) | sum | mean
         "hyper": {},  # e.g. {alpha: 0.25, gamma: 2.0, beta: 0.9999}
     },
     "train": {
@@ -65,12 +66,18 @@ DEFAULTS: dict[str, Any] = {
     },
     "analysis": {
         "q": None,  # null: model default (t-densenet 0.01, resnet50 0.04)
-        "threshold": "dataset",  # dataset | batch (official)
-        "layer": None,  # null: the model's first dissect layer
-        "upsample": False,  # official: upsample activations to the input before thresholding
-        "connectivity": 2,  # skimage: 1 = 4-connected, 2 = 8-connected
-        "normalise": "images",  # images (paper) | boxes (official)
-        "batch_size": 32,
+        "layer": None,  # null: every dissect layer of the model (the first is reported)
+        # paper | official: the defaults of threshold, counting, normalise, floor_ties
+        "dissection": "paper",
+        "threshold": None,  # null: the dissection mode's (paper dataset, official batch)
+        "counting": None,  # null: mode's; components (paper) | contours (official)
+        "normalise": None,  # null: mode's; images (paper) | entries (official) | boxes
+        "floor_ties": None,  # null: mode's (paper true, official false)
+        "upsample": True,  # activations upsampled to the input (false: at the grid)
+        "box_cover": 0.5,  # upsample false only: covered fraction that makes a box cell
+        "connectivity": 2,  # components: skimage 1 = 4-connected, 2 = 8-connected
+        "binary_boxes": "union",  # binary task: union (official) | per_finding
+        "batch_size": 32,  # official: 64 (resnet50), 128 (t-densenet)
         "cache": True,  # keep the layer's activations in a temp file (one forward pass)
     },
 }

@@ -16,8 +16,10 @@ Layout of a run folder::
     metrics_val.json, metrics.json   validation / test metrics
     train.done                training finished (train writes it)
     alignment.csv, alignment_summary.csv   CAM vs boxes (alignment stage)
+    alignment.done            the alignment stage finished (its summary)
     concepts.json, concepts_channels.csv   dissection (concepts stage)
-    analysis.done             ``imbalens analyse`` finished
+    concepts.done             the concepts stage finished (its summary)
+    analysis.done             ``imbalens analyse`` finished (both stages)
     <stage>.ipynb             executed notebook of each stage
     <stage>.stage.done        the grid's marker: the config hash the stage ran with
 """
@@ -52,6 +54,8 @@ ALIGNMENT_SUMMARY = "alignment_summary.csv"
 CONCEPTS = "concepts.json"
 CONCEPTS_CHANNELS = "concepts_channels.csv"
 ANALYSIS_DONE = "analysis.done"
+ALIGNMENT_DONE = "alignment.done"
+CONCEPTS_DONE = "concepts.done"
 NOTEBOOK = "{stage}.ipynb"
 STAGE_MARKER = "{stage}.stage.done"
 
@@ -140,6 +144,14 @@ class RunFolder:
     @property
     def analysis_done(self) -> Path:
         return self._p(ANALYSIS_DONE)
+
+    @property
+    def alignment_done(self) -> Path:
+        return self._p(ALIGNMENT_DONE)
+
+    @property
+    def concepts_done(self) -> Path:
+        return self._p(CONCEPTS_DONE)
 
     @property
     def lock_file(self) -> Path:

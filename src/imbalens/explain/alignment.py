@@ -8,13 +8,26 @@ $$ \\mathrm{IoBB} = \\frac{\\sum S \\odot M}{\\sum M}, \\qquad
 
 IoBB is a recall-like coverage of the box, IoR a precision-like share of the saliency
 that lies inside it. The soft versions use :math:`S` as it is; with ``threshold=t`` the
-hard versions use :math:`[S \\ge t]` instead. A zero denominator (an empty mask for IoBB,
-an all-zero map for IoR) gives NaN: the ratio is undefined, and NaN is excluded from
-the means of :func:`summarise_alignment` (its ``n`` counts only defined values).
+hard versions use :math:`[S \\ge t]` instead.
+
+**Dead maps.** A CAM that is zero everywhere (after the ReLU and min-max normalisation:
+a silent or constant map) has no saliency at all. Both metrics then are 0, as in the
+official code (its ``0/0`` gives 0): IoBB's numerator is 0, and IoR, :math:`0/0`, is
+*defined* as 0 here. Such maps stay in every mean, and :func:`summarise_alignment`
+counts them (``n_dead``) per finding and in total. (Before: IoR was NaN and left out of
+the mean while IoBB kept the 0: with 3 of 10 maps dead, mean IoR 0.30 instead of the
+official 0.21.) An empty *mask* (no box) still gives NaN: there is no box to align with.
+
+**Which boxes.** Multi-label: one map per (image, boxed finding), that finding's output
+against the union of that finding's boxes. Binary task (``boxes``): ``"union"``
+(the official code, the default) makes one map per image, the single output against the
+union of all the image's boxes; ``"per_finding"`` one row per (image, finding) with that
+finding's boxes (the same map repeated). The ``boxes`` column of the tables says which.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -26,7 +39,14 @@ from torch.utils.data import DataLoader, Dataset
 from imbalens.data.findings import BOXED_FINDINGS
 from imbalens.explain.cam import class_activation_maps
 
-__all__ = ["alignment_table", "soft_iobb", "soft_ior", "summarise_alignment"]
+__all__ = [
+    "BOX_MODES",
+    "alignment_table",
+    "resolve_boxes",
+    "soft_iobb",
+    "soft_ior",
+    "summarise_alignment",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +65,8 @@ def _prepare(cams: Tensor, masks: Tensor, threshold: float | None) -> tuple[Tens
     return s, masks.double()
 
 
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), torch.nan)
+def _ratio(num: Tensor, den: Tensor, empty: float = float("nan")) -> Tensor:
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), empty)
 
 
 def soft_iobb(cams: Tensor, masks: Tensor, threshold: float | None = None) -> Tensor:
@@ -67,11 +87,12 @@ def soft_ior(cams: Tensor, masks: Tensor, threshold: float | None = None) -> Ten
     """IoR = sum(S * M) / sum(S) over the last two dims, element-wise over leading dims.
 
     Returns:
-        float64 Tensor (...); NaN where the map sums to zero.
+        float64 Tensor (...); 0 where the map sums to zero (a dead map: 0/0 -> 0, as the
+        official code; module docstring).
     """
     s, m = _prepare(cams, masks, threshold)
     sm = s * m
-    return _ratio(sm.sum((-2, -1)), s.expand_as(sm).sum((-2, -1)))
+    return _ratio(sm.sum((-2, -1)), s.expand_as(sm).sum((-2, -1)), empty=0.0)
 
 
 def _output_for(finding: str, class_names: Sequence[str], task: str) -> str:
@@ -87,6 +108,75 @@ def _output_for(finding: str, class_names: Sequence[str], task: str) -> str:
     return finding
 
 
+BOX_MODES = ("union", "per_finding")
+
+
+def resolve_boxes(boxes: str, task: str) -> str:
+    """``union`` / ``per_finding`` for a setting; ``auto``: binary -> union (official),
+    multi-label -> per_finding (each finding has its own output).
+
+    Raises:
+        ValueError: unknown setting, or ``union`` for the multi-label task.
+    """
+    if boxes == "auto":
+        return "union" if task == "binary" else "per_finding"
+    if boxes not in BOX_MODES:
+        raise ValueError(f"unknown analysis.binary_boxes={boxes!r}: choose one of {BOX_MODES}")
+    if boxes == "union" and task != "binary":
+        raise ValueError(
+            "analysis.binary_boxes=union is for the binary task (one output); the "
+            "multi-label task compares each finding's output with its own boxes"
+        )
+    return boxes
+
+
+COLUMNS = ["image", "finding", "output", "iobb", "ior", "dead", "boxes"]
+
+
+def _batch_rows(
+    cams: Tensor, batch: dict[str, Tensor], outputs: list[str], col: list[int], boxes: str,
+    names: Sequence[str] | None, threshold: float | None = None,
+) -> list[dict[str, object]]:  # fmt: skip
+    """Rows of one batch: ``cams`` (B, K', H, W); ``col[f]`` the CAM column of finding f."""
+    has_box = batch["has_box"].bool()
+    index = batch["index"].tolist()
+    if boxes == "union":
+        b_idx = torch.nonzero(has_box.any(1), as_tuple=True)[0]
+        maps = cams[b_idx, col[0]]
+        masks = batch["box_mask"][b_idx].bool().any(1)
+        found = [
+            "|".join(BOXED_FINDINGS[f] for f in torch.nonzero(has_box[b]).flatten().tolist())
+            for b in b_idx.tolist()
+        ]
+        outs = [outputs[0]] * len(found)
+    else:
+        b_idx, f_idx = torch.nonzero(has_box, as_tuple=True)
+        maps = cams[b_idx, torch.tensor([col[f] for f in f_idx.tolist()], dtype=torch.long)]
+        masks = batch["box_mask"][b_idx, f_idx]
+        found = [BOXED_FINDINGS[f] for f in f_idx.tolist()]
+        outs = [outputs[f] for f in f_idx.tolist()]
+    if b_idx.numel() == 0:
+        return []
+    iobb = soft_iobb(maps, masks, threshold).tolist()
+    ior = soft_ior(maps, masks, threshold).tolist()
+    dead = (maps.double().sum((-2, -1)) == 0).tolist()
+    rows = []
+    for n, b in enumerate(b_idx.tolist()):
+        i = index[b]
+        rows.append(
+            {
+                "image": names[i] if names is not None else i,
+                "finding": found[n],
+                "output": outs[n],
+                "iobb": iobb[n],
+                "ior": ior[n],
+                "dead": bool(dead[n]),
+                "boxes": boxes,
+            }
+        )
+    return rows
+
+
 def alignment_table(
     model: nn.Module,
     boxed_dataset: Dataset,
@@ -97,69 +187,62 @@ def alignment_table(
     normalise: str = "feature",
     threshold: float | None = None,
     autocast: object | None = None,
+    boxes: str = "auto",
 ) -> pd.DataFrame:
-    """One row per (boxed image, finding with a box): image, finding, output, iobb, ior.
+    """One row per map: image, finding, output, iobb, ior, dead, boxes.
 
-    The CAM is that of the finding's own output (multi-label) or of the single output
-    (binary, named "Unhealthy"), computed by :func:`imbalens.explain.cam.class_activation_maps`
-    with ``normalise``; the mask is the dataset's ``box_mask`` of that finding.
-    Items must be dicts with ``image``, ``box_mask`` (8, S, S), ``has_box`` (8,), ``index``;
-    the dataset's ``.names`` give the image names (``Subset`` of such a dataset works).
+    Multi-label: one map per (boxed image, finding with a box), the CAM of the finding's
+    own output against that finding's boxes. Binary (single output "Unhealthy"):
+    ``boxes="union"`` (default, official) one map per image against the union of all its
+    boxes, ``finding`` naming its findings joined by ``|``; ``"per_finding"`` as the
+    multi-label task. CAMs from :func:`imbalens.explain.cam.class_activation_maps` with
+    ``normalise``. Items must be dicts with ``image``, ``box_mask`` (8, S, S),
+    ``has_box`` (8,), ``index``; the dataset's ``.names`` give the image names
+    (``Subset`` of such a dataset works). ``dead``: the map is zero everywhere.
 
     Args:
         autocast: an optional context-manager factory (called with no arguments) used
             around the forward pass, e.g. a bf16 autocast.
+        threshold: None (soft metrics) or t (hard, ``[S >= t]``).
+        boxes: ``auto`` | ``union`` | ``per_finding`` (:func:`resolve_boxes`).
     """
+    boxes = resolve_boxes(boxes, task)
     outputs = [_output_for(f, class_names, task) for f in BOXED_FINDINGS]
     out_idx = sorted({list(class_names).index(o) for o in outputs})
-    col = {k: j for j, k in enumerate(out_idx)}
+    where = {k: j for j, k in enumerate(out_idx)}
+    col = [where[list(class_names).index(o)] for o in outputs]
     base = getattr(boxed_dataset, "dataset", boxed_dataset)
     names = getattr(base, "names", None)
     rows: list[dict[str, object]] = []
-    loader = DataLoader(boxed_dataset, batch_size=batch_size, shuffle=False)
     model.eval()
-    for batch in loader:
+    for batch in DataLoader(boxed_dataset, batch_size=batch_size, shuffle=False):
         images = batch["image"].to(device)
-        if autocast is not None:
-            with autocast():
-                cams = class_activation_maps(model, images, classes=out_idx, normalise=normalise)
-        else:
+        ctx = autocast() if autocast is not None else contextlib.nullcontext()
+        with ctx:
             cams = class_activation_maps(model, images, classes=out_idx, normalise=normalise)
-        cams = cams.float().cpu()
-        has_box = batch["has_box"].bool()
-        b_idx, f_idx = torch.nonzero(has_box, as_tuple=True)
-        if b_idx.numel() == 0:
-            continue
-        c_idx = torch.tensor([col[list(class_names).index(outputs[f])] for f in f_idx.tolist()])
-        maps = cams[b_idx, c_idx]
-        masks = batch["box_mask"][b_idx, f_idx]
-        iobb = soft_iobb(maps, masks, threshold).tolist()
-        ior = soft_ior(maps, masks, threshold).tolist()
-        index = batch["index"].tolist()
-        for n, (b, f) in enumerate(zip(b_idx.tolist(), f_idx.tolist(), strict=True)):
-            i = index[b]
-            rows.append(
-                {
-                    "image": names[i] if names is not None else i,
-                    "finding": BOXED_FINDINGS[f],
-                    "output": outputs[f],
-                    "iobb": iobb[n],
-                    "ior": ior[n],
-                }
-            )
-    log.info("alignment: %d maps", len(rows))
-    return pd.DataFrame(rows, columns=["image", "finding", "output", "iobb", "ior"])
+        rows += _batch_rows(cams.float().cpu(), batch, outputs, col, boxes, names, threshold)
+    log.info("alignment: %d maps (%s)", len(rows), boxes)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def summarise_alignment(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (ddof=1) and n of iobb and ior by finding, plus an "all" row (NaN skipped).
 
-    Columns: finding, iobb_mean, iobb_std, iobb_n, ior_mean, ior_std, ior_n.
+    Columns: finding, iobb_mean, iobb_std, iobb_n, ior_mean, ior_std, ior_n, n_dead
+    (dead maps, counted in the means as 0), boxes (``union`` / ``per_finding``). A union
+    map ("A|B") counts in the rows of A and of B, once in "all".
     """
-    parts = [df.assign(finding=df["finding"].astype(str)), df.assign(finding="all")]
-    both = pd.concat(parts, ignore_index=True)
-    agg = both.groupby("finding", sort=False)[["iobb", "ior"]].agg(["mean", "std", "count"])
+    df = df.assign(finding=df["finding"].astype(str))
+    if "dead" not in df:
+        df = df.assign(dead=False)
+    per = df.assign(finding=df["finding"].str.split("|")).explode("finding")
+    both = pd.concat([per, df.assign(finding="all")], ignore_index=True)
+    groups = both.groupby("finding", sort=False)
+    agg = groups[["iobb", "ior"]].agg(["mean", "std", "count"])
     agg.columns = [f"{m}_{s.replace('count', 'n')}" for m, s in agg.columns]
+    agg["n_dead"] = groups["dead"].sum().astype(int)
+    modes = sorted(set(df["boxes"])) if "boxes" in df else []
+    agg["boxes"] = "+".join(modes) if modes else "per_finding"
     order = [f for f in BOXED_FINDINGS if f in agg.index] + ["all"]
     order += [f for f in agg.index if f not in order]
-    return agg.loc[order].reset_index()
+    return agg.loc[[f for f in order if f in agg.index]].reset_index()

@@ -1,22 +1,25 @@
-"""Look into a model: CAM alignment with the boxes and concept counts, per run folder.
+"""Look into a model, per run folder: CAM alignment with the boxes, and concept counts.
 
-For the boxed test images (the 880 NIH images with expert boxes) this writes, into the
-run folder (Khakzar, Li et al. 2022, Sec. 4.2-4.3):
+Two stages, each rerunnable alone (Khakzar, Li et al. 2022, Sec. 4.2-4.3), on the boxed
+test images (the 880 NIH images with expert boxes):
 
-- ``alignment.csv``: one row per (image, boxed finding) map: image, finding, output,
-  iobb, ior (:func:`imbalens.explain.alignment.alignment_table`);
-- ``alignment_summary.csv``: mean, std, n by finding and "all";
-- ``concepts.json``: Disjoint / Unique of the first analysed layer at the top level
-  (disjoint, unique, q, layer, threshold, n_images, n_boxes, per_finding, thresholds
-  summary) and every analysed layer under ``layers``;
-- ``concepts_channels.csv``: per-channel detail of every analysed layer;
-- ``analysis.done`` (written last): the summary; a finished folder is skipped unless
-  ``force``.
+- **alignment** (:func:`align_model` / :func:`align_run`, the alignment notebook):
+  ``alignment.csv`` (one row per map: image, finding, output, iobb, ior, dead, boxes;
+  :func:`imbalens.explain.alignment.alignment_table`), ``alignment_summary.csv`` (mean,
+  std, n, n_dead by finding and "all"), then ``alignment.done``;
+- **concepts** (:func:`concepts_model` / :func:`concepts_run`, the concepts notebook):
+  ``concepts.json`` (Disjoint / Unique of the first analysed layer at the top level and
+  every analysed layer under ``layers``) and ``concepts_channels.csv`` (per channel),
+  then ``concepts.done``.
 
-Settings come from the run config's ``analysis`` section (``q``, ``threshold``, ``layer``,
-``upsample``, ``connectivity``, ``normalise``, ``batch_size``; optional ``cache``, default
-True: activations are kept in a temporary folder on disk so the model runs once per
-layer) and ``train.precision`` (autocast of the forward passes).
+:func:`analyse_model` / :func:`analyse_run` (``imbalens analyse RUN``) run both and write
+``analysis.done`` last; either stage also writes it once both stage markers exist (so
+the two notebooks together finish a run). A stage whose marker exists is skipped unless
+``force``.
+
+Settings come from the run config's ``analysis`` section (:data:`imbalens.config.DEFAULTS`:
+``dissection`` paper | official and the keys it fills, ``q``, ``layer``, ``upsample``,
+``binary_boxes``, ``batch_size``, ``cache``) and ``train.precision`` (autocast).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -37,11 +42,23 @@ from torch.utils.data import Dataset, Subset
 
 from imbalens import runfolder as rf
 from imbalens.config import DEFAULTS
+from imbalens.data.findings import BOXED_FINDINGS
 from imbalens.explain.alignment import alignment_table, summarise_alignment
-from imbalens.explain.dissect import default_q, dissect_model
+from imbalens.explain.dissect import DISSECTION_MODES, default_q, dissect_model
 from imbalens.io import atomic_write_text
 
-__all__ = ["DONE", "analyse_model", "analyse_run", "cli", "configure_parser"]
+__all__ = [
+    "DONE",
+    "align_model",
+    "align_run",
+    "analyse_model",
+    "analyse_run",
+    "cli",
+    "concepts_model",
+    "concepts_run",
+    "configure_parser",
+    "dissection_settings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +83,192 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False))
 
 
+def _done(path: Path, force: bool) -> dict[str, Any] | None:
+    if path.is_file() and not force:
+        log.info("%s exists: skipping (force=True / --force to redo)", path)
+        return json.loads(path.read_text())
+    return None
+
+
+def dissection_settings(a_cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """Keyword arguments of :func:`imbalens.explain.dissect.count_concepts` for a config's
+    ``analysis`` section: the ``dissection`` mode's settings, then every non-null key.
+
+    Raises:
+        ValueError: an unknown ``analysis.dissection`` (naming the choices).
+    """
+    mode = a_cfg.get("dissection", "paper")
+    if mode not in DISSECTION_MODES:
+        raise ValueError(
+            f"unknown analysis.dissection={mode!r}: choose one of {sorted(DISSECTION_MODES)}"
+        )
+    kw = dict(DISSECTION_MODES[mode])
+    for key in ("threshold", "counting", "normalise", "floor_ties"):
+        if a_cfg.get(key) is not None:
+            kw[key] = a_cfg[key]
+    kw["upsample_to"] = image_size if a_cfg.get("upsample", True) else None
+    kw["connectivity"] = int(a_cfg.get("connectivity", 2))
+    kw["box_cover"] = float(a_cfg.get("box_cover", 0.5))
+    return kw
+
+
+@dataclass
+class _Setup:
+    """What both stages need: device, autocast, the boxed dataset (limited), boxes."""
+
+    a_cfg: dict[str, Any]
+    size: int
+    device: torch.device
+    precision: str
+    autocast: Callable[[], Any]
+    full: Any
+    dataset: Dataset
+    boxes: pd.DataFrame
+
+    @property
+    def n_boxes(self) -> int:
+        return len(self.boxes)
+
+    def box_entries(self) -> np.ndarray:
+        """(len(full), 8): boxes of each finding per boxed image (by dataset index)."""
+        row = {name: i for i, name in enumerate(self.full.names)}
+        col = {f: j for j, f in enumerate(BOXED_FINDINGS)}
+        out = np.zeros((len(self.full.names), len(BOXED_FINDINGS)), dtype=np.int64)
+        for name, finding in zip(self.boxes["image"], self.boxes["finding"], strict=True):
+            out[row[name], col[finding]] += 1
+        return out
+
+
+def _setup(model: nn.Module, data: Any, cfg: dict[str, Any], device, limit) -> _Setup:
+    a_cfg = {**DEFAULTS["analysis"], **(cfg.get("analysis") or {})}
+    size = int(cfg["data"]["image_size"])
+    dev = _device(device)
+    precision = (cfg.get("train") or {}).get("precision", "fp32")
+    model.to(dev).eval()
+    full = data.dataset("boxed", size)
+    dataset: Dataset = full
+    if limit is not None and limit < len(full):
+        dataset = Subset(full, range(int(limit)))
+    names = set(full.names[: len(dataset)])
+    boxes = data.boxes(size)
+    boxes = boxes[boxes["image"].isin(names)]
+    return _Setup(a_cfg, size, dev, precision, _autocast(dev, precision), full, dataset, boxes)
+
+
+def align_model(
+    model: nn.Module,
+    data: Any,
+    cfg: dict[str, Any],
+    out: str | Path,
+    device: str | torch.device = "auto",
+    limit: int | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """The alignment stage: CAMs and soft IoBB / IoR of the boxed images, into ``out``.
+
+    Args:
+        model: a network with ``cam_layer`` and ``head``.
+        data: an :class:`imbalens.data.nih.NIHData` (``class_names``, ``task``,
+            ``dataset("boxed", S)``, ``boxes(S)``).
+        cfg: resolved config (``data.image_size``, ``analysis``, ``train.precision``).
+        out: the run folder. limit: the first ``limit`` boxed images only.
+        force: redo a folder that already has ``alignment.done``.
+
+    Returns:
+        The summary (also ``alignment.done``): n_images, n_boxes, n_maps, n_dead, boxes,
+        iobb, ior (means over all maps), seconds, device, precision.
+    """
+    folder = rf.RunFolder(Path(out))
+    if (done := _done(folder.alignment_done, force)) is not None:
+        return done
+    st = _setup(model, data, cfg, device, limit)
+    boxes = st.a_cfg["binary_boxes"] if data.task == "binary" else "auto"
+    t0 = time.perf_counter()
+    table = alignment_table(
+        model, st.dataset, data.class_names, data.task, int(st.a_cfg["batch_size"]),
+        st.device, autocast=st.autocast, boxes=boxes,
+    )  # fmt: skip
+    summary = summarise_alignment(table)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    _write_csv(table, folder.alignment)
+    _write_csv(summary, folder.alignment_summary)
+    all_row = summary.set_index("finding").loc["all"]
+    result = {
+        "n_images": len(st.dataset),
+        "n_boxes": st.n_boxes,
+        "n_maps": len(table),
+        "n_dead": int(all_row["n_dead"]),
+        "boxes": str(all_row["boxes"]),
+        "iobb": float(all_row["iobb_mean"]),
+        "ior": float(all_row["ior_mean"]),
+        "seconds": time.perf_counter() - t0,
+        "device": str(st.device),
+        "precision": st.precision,
+    }
+    atomic_write_text(folder.alignment_done, json.dumps(result, indent=2))
+    _combine(folder)
+    return result
+
+
+def concepts_model(
+    model: nn.Module,
+    data: Any,
+    cfg: dict[str, Any],
+    out: str | Path,
+    device: str | torch.device = "auto",
+    limit: int | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """The concepts stage: network dissection of every analysed layer, into ``out``.
+
+    Layers: ``analysis.layer`` or all of ``model.dissect_layers`` (the first is reported
+    at the top of ``concepts.json``); settings by :func:`dissection_settings`. Arguments
+    as :func:`align_model`; ``force`` redoes a folder with ``concepts.done``.
+
+    Returns:
+        The summary (also ``concepts.done``): n_images, n_boxes, per-layer Disjoint /
+        Unique, the settings, seconds.
+    """
+    folder = rf.RunFolder(Path(out))
+    if (done := _done(folder.concepts_done, force)) is not None:
+        return done
+    st = _setup(model, data, cfg, device, limit)
+    kw = dissection_settings(st.a_cfg, st.size)
+    layers = [st.a_cfg["layer"]] if st.a_cfg["layer"] else list(model.dissect_layers)
+    q = float(st.a_cfg["q"]) if st.a_cfg["q"] is not None else default_q(model)
+    entries = st.box_entries()
+    per_layer: dict[str, Any] = {}
+    channels, seconds = [], {}
+    for layer in layers:
+        t0 = time.perf_counter()
+        res = dissect_model(
+            model, st.dataset, layer=layer, q=q, batch_size=int(st.a_cfg["batch_size"]),
+            device=st.device, autocast=st.autocast, cache=bool(st.a_cfg["cache"]),
+            box_entries=entries, n_boxes=st.n_boxes, **kw,
+        )  # fmt: skip
+        seconds[layer] = time.perf_counter() - t0
+        per_layer[layer] = {"layer": layer, "dissection": st.a_cfg["dissection"], **res.summary()}
+        channels.append(res.per_channel.assign(layer=layer))
+        log.info("%s: disjoint %.2f unique %.2f", layer, res.disjoint, res.unique)
+    concepts = {**per_layer[layers[0]], "layers": per_layer, "seconds": seconds}
+    folder.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder.concepts, json.dumps(concepts, indent=2, default=float))
+    _write_csv(pd.concat(channels, ignore_index=True), folder.concepts_channels)
+    result = {
+        "n_images": len(st.dataset),
+        "n_boxes": st.n_boxes,
+        "dissection": st.a_cfg["dissection"],
+        "concepts": {
+            k: {"disjoint": v["disjoint"], "unique": v["unique"]} for k, v in per_layer.items()
+        },
+        "seconds": seconds,
+        "device": str(st.device),
+    }
+    atomic_write_text(folder.concepts_done, json.dumps(result, indent=2))
+    _combine(folder)
+    return result
+
+
 def analyse_model(
     model: nn.Module,
     data: Any,
@@ -75,116 +278,69 @@ def analyse_model(
     limit: int | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Alignment and concepts of ``model`` on ``data``'s boxed images, written to ``out``.
-
-    Args:
-        model: a network with ``cam_layer``, ``head``, ``dissect_layers`` (and ``name``).
-        data: an :class:`imbalens.data.nih.NIHData` (``class_names``, ``task``,
-            ``dataset("boxed", S)``, ``boxes(S)``).
-        cfg: resolved config (``data.image_size``, ``analysis``, ``train.precision``).
-        out: output folder. limit: analyse only the first ``limit`` boxed images.
-        force: redo a folder that already has ``analysis.done``.
+    """Both stages (:func:`align_model`, :func:`concepts_model`), then ``analysis.done``.
 
     Returns:
-        The summary dict (also the content of ``analysis.done``).
+        The summary (also ``analysis.done``): the alignment summary's n_images, n_boxes,
+        n_maps, n_dead, boxes, iobb, ior, plus ``concepts`` (per layer) and ``seconds``.
     """
     out = Path(out)
-    if (out / DONE).is_file() and not force:
-        log.info("%s exists: skipping (force=True to redo)", out / DONE)
-        return json.loads((out / DONE).read_text())
-    a_cfg = {**DEFAULTS["analysis"], **(cfg.get("analysis") or {})}
-    size = int(cfg["data"]["image_size"])
-    dev = _device(device)
-    precision = (cfg.get("train") or {}).get("precision", "fp32")
-    autocast = _autocast(dev, precision)
-    model = model.to(dev).eval()
-    full = data.dataset("boxed", size)
-    dataset: Dataset = full
-    if limit is not None and limit < len(full):
-        dataset = Subset(full, range(int(limit)))
-    names = set(full.names[: len(dataset)])
-    boxes = data.boxes(size)
-    n_boxes = int(boxes["image"].isin(names).sum())
-    seconds: dict[str, float] = {}
-    bs = int(a_cfg["batch_size"])
-
-    t0 = time.perf_counter()
-    table = alignment_table(model, dataset, data.class_names, data.task, bs, dev, autocast=autocast)
-    summary = summarise_alignment(table)
-    seconds["alignment"] = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    _write_csv(table, out / rf.ALIGNMENT)
-    _write_csv(summary, out / rf.ALIGNMENT_SUMMARY)
-
-    layers = [a_cfg["layer"]] if a_cfg["layer"] else list(model.dissect_layers)
-    q = float(a_cfg["q"]) if a_cfg["q"] is not None else default_q(model)
-    per_layer: dict[str, Any] = {}
-    channels = []
-    for layer in layers:
-        t0 = time.perf_counter()
-        res = dissect_model(
-            model,
-            dataset,
-            layer=layer,
-            q=q,
-            batch_size=bs,
-            device=dev,
-            autocast=autocast,
-            cache=bool(a_cfg["cache"]),
-            threshold=a_cfg["threshold"],
-            connectivity=int(a_cfg["connectivity"]),
-            normalise=a_cfg["normalise"],
-            upsample_to=size if a_cfg["upsample"] else None,
-            n_boxes=n_boxes,
-        )
-        seconds[f"concepts:{layer}"] = time.perf_counter() - t0
-        per_layer[layer] = {"layer": layer, **res.summary()}
-        channels.append(res.per_channel.assign(layer=layer))
-        log.info("%s: disjoint %.2f unique %.2f", layer, res.disjoint, res.unique)
-    concepts = {**per_layer[layers[0]], "layers": per_layer, "seconds": seconds}
-    atomic_write_text(out / rf.CONCEPTS, json.dumps(concepts, indent=2, default=float))
-    _write_csv(pd.concat(channels, ignore_index=True), out / rf.CONCEPTS_CHANNELS)
-    all_row = summary.set_index("finding").loc["all"]
-    result = {
-        "n_images": len(dataset),
-        "n_boxes": n_boxes,
-        "n_maps": len(table),
-        "iobb": float(all_row["iobb_mean"]),
-        "ior": float(all_row["ior_mean"]),
-        "concepts": {
-            k: {"disjoint": v["disjoint"], "unique": v["unique"]} for k, v in per_layer.items()
-        },
-        "seconds": seconds,
-        "device": str(dev),
-        "precision": precision,
-    }
-    atomic_write_text(out / DONE, json.dumps(result, indent=2))
+    if (done := _done(out / DONE, force)) is not None:
+        return done
+    align_model(model, data, cfg, out, device, limit, force)
+    concepts_model(model, data, cfg, out, device, limit, force)
+    result = _combine(rf.RunFolder(out))
+    assert result is not None  # both markers were just written
     return result
 
 
-def analyse_run(
-    run_dir: str | Path,
-    device: str | torch.device = "auto",
-    limit: int | None = None,
-    force: bool = False,
-    which: str = "best",
-) -> dict[str, Any]:
-    """:func:`analyse_model` for a trained run: its ``which`` checkpoint, its data config.
+def _combine(folder: rf.RunFolder) -> dict[str, Any] | None:
+    """Write ``analysis.done`` from the two stage markers once both exist (else None)."""
+    if not (folder.alignment_done.is_file() and folder.concepts_done.is_file()):
+        return None
+    align = json.loads(folder.alignment_done.read_text())
+    concepts = json.loads(folder.concepts_done.read_text())
+    seconds = {"alignment": align["seconds"]}
+    seconds.update({f"concepts:{k}": v for k, v in concepts["seconds"].items()})
+    result = {
+        **{k: v for k, v in align.items() if k != "seconds"},
+        "concepts": concepts["concepts"],
+        "dissection": concepts.get("dissection"),
+        "seconds": seconds,
+    }
+    atomic_write_text(folder.analysis_done, json.dumps(result, indent=2))
+    return result
 
-    Raises:
-        FileNotFoundError: no checkpoint (train the run first) or no data at ``data.root``.
-    """
-    from imbalens.data.nih import load_nih_from_config
-    from imbalens.training.checkpoint import load_model_from_run
 
-    run = Path(run_dir)
-    if (run / DONE).is_file() and not force:
-        log.info("%s exists: skipping (--force to redo)", run / DONE)
-        return json.loads((run / DONE).read_text())
-    model, cfg = load_model_from_run(run, which=which)
-    d = cfg["data"]
-    data = load_nih_from_config(d)
-    return analyse_model(model, data, cfg, run, device=device, limit=limit, force=force)
+def _run_stage(stage: Callable[..., dict[str, Any]], marker: Path):
+    def run(
+        run_dir: str | Path,
+        device: str | torch.device = "auto",
+        limit: int | None = None,
+        force: bool = False,
+        which: str = "best",
+    ) -> dict[str, Any]:
+        from imbalens.data.nih import load_nih_from_config
+        from imbalens.training.checkpoint import load_model_from_run
+
+        run = Path(run_dir)
+        if (done := _done(run / marker.name, force)) is not None:
+            return done
+        model, cfg = load_model_from_run(run, which=which)
+        data = load_nih_from_config(cfg["data"])
+        return stage(model, data, cfg, run, device=device, limit=limit, force=force)
+
+    run.__doc__ = (
+        f":func:`{stage.__name__}` for a trained run: its ``which`` checkpoint and data "
+        "config.\n\nRaises:\n    FileNotFoundError: no checkpoint (train the run first) "
+        "or no data at ``data.root``."
+    )
+    return run
+
+
+align_run = _run_stage(align_model, Path(rf.ALIGNMENT_DONE))
+concepts_run = _run_stage(concepts_model, Path(rf.CONCEPTS_DONE))
+analyse_run = _run_stage(analyse_model, Path(rf.ANALYSIS_DONE))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +353,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def cli(args: argparse.Namespace) -> int:
-    """Run ``imbalens analyse``."""
+    """Run ``imbalens analyse`` (both stages)."""
     result = analyse_run(args.run_dir, args.device, args.limit, args.force, args.which)
     log.info("analysis of %s: %s", args.run_dir, json.dumps(result))
     return 0

@@ -19,9 +19,15 @@ defaults $\\alpha = 0.25$, $\\gamma = 2$, $\\beta = 0.9999$.
 
 Choices made here (``variant="paper"``):
 
-- **Reduction**: the mean over batch x classes, $\\frac{1}{BK}\\sum_{i,c}$, not the
-  paper's sum, so the scale (and a good learning rate) does not depend on batch size or
-  number of outputs; it changes the loss by the constant factor $BK$ only.
+- **Reduction** (``reduction="auto"``, the default): the paper's sum over samples and
+  classes, $\\sum_{i,c}$, as its equation writes it. The mean $\\frac{1}{BK}\\sum_{i,c}$
+  (``reduction="mean"``) differs by the constant factor $BK$ only, but that factor is
+  not harmless under Adam: Adam's $\\epsilon = 10^{-8}$ and the weight-decay term
+  $\\lambda w$ ($\\lambda = 10^{-6}$) are added to the gradient at a fixed scale. With
+  NIH's counts the paper CB-Focal weights $1/E$ are ~1e-4, the *mean* loss is ~3e-5 and
+  the median parameter gradient of a network ~1e-8, i.e. at Adam's $\\epsilon$: the
+  updates are then damped and dominated by weight decay. The sum is $BK$ (7,168 at
+  batch 512 x 14) times larger and trains.
 - **Gradients** flow through the focal factors $(1-p)^\\gamma$, $p^\\gamma$ as in the
   standard focal loss (``torchvision.ops.sigmoid_focal_loss``).
 - **Numerics**: $\\log p = \\log\\sigma(x)$, $\\log(1-p) = \\log\\sigma(-x)$ and
@@ -34,7 +40,8 @@ Choices made here (``variant="paper"``):
   keeps every weight finite and positive. ``bce`` and ``focal`` do not use the counts.
 
 ``variant="official"`` reproduces the authors' code (CAMP-eXplain-AI/imba-explain,
-mmcls-style losses), everything averaged over batch x classes:
+mmcls-style losses), everything averaged over batch x classes (``reduction="auto"``
+means ``"mean"`` here; ``"sum"`` / ``"mean"`` force either for both variants):
 
 - ``bce``: as the paper.
 - ``wbce``: per batch, $w^+_c = \\#\\text{neg}_c / (\\#\\text{pos}_c + 10^{-6})$, $w^- = 1$
@@ -67,6 +74,10 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("paper", "official")
+REDUCTIONS = ("auto", "sum", "mean")
+AUTO_REDUCTION = {"paper": "sum", "official": "mean"}
+"""What ``reduction="auto"`` means per variant: the paper's equation sums over samples,
+the authors' code averages over batch x classes."""
 
 Counts = Sequence[float] | np.ndarray | torch.Tensor
 
@@ -97,8 +108,22 @@ def effective_number(counts: np.ndarray, beta: float) -> np.ndarray:
     return -np.expm1(counts * math.log(beta)) / (1.0 - beta)
 
 
+def resolve_reduction(reduction: str, variant: str) -> str:
+    """``"sum"`` or ``"mean"`` for a ``reduction`` setting (``auto``: :data:`AUTO_REDUCTION`).
+
+    Raises:
+        ValueError: an unknown reduction or variant, naming the choices.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {REDUCTIONS}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown loss variant {variant!r}; choose one of {VARIANTS}")
+    return AUTO_REDUCTION[variant] if reduction == "auto" else reduction
+
+
 class UnifiedWeightedBCE(nn.Module):
-    """Base class: $\\frac{1}{BK}\\sum_{i,c} -[w^+ y \\log p + w^- (1-y) \\log(1-p)]$, scaled.
+    """Base class: $\\sum_{i,c}$ (or $\\frac{1}{BK}\\sum_{i,c}$) of
+    $-[w^+ y \\log p + w^- (1-y) \\log(1-p)]$, times ``loss_weight``.
 
     Subclasses set ``uses_counts`` / ``hyper_defaults`` and implement :meth:`weights`.
     Call as ``loss(logits, targets)`` with both of shape (B, K) (or (B,) when K = 1).
@@ -109,11 +134,15 @@ class UnifiedWeightedBCE(nn.Module):
     hyper_defaults: dict[str, dict[str, Any]] = {"paper": {}, "official": {}}
 
     def __init__(
-        self, pos_counts: Counts, neg_counts: Counts, variant: str = "paper", **hyper: Any
+        self,
+        pos_counts: Counts,
+        neg_counts: Counts,
+        variant: str = "paper",
+        reduction: str = "auto",
+        **hyper: Any,
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown loss variant {variant!r}; choose one of {VARIANTS}")
+        self.reduction = resolve_reduction(reduction, variant)
         pos = _as_counts(pos_counts, "pos_counts")
         neg = _as_counts(neg_counts, "neg_counts")
         if pos.shape != neg.shape:
@@ -182,11 +211,15 @@ class UnifiedWeightedBCE(nn.Module):
         return -(w_pos * y * F.logsigmoid(x) + w_neg * (1.0 - y) * F.logsigmoid(-x))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Scalar loss: ``loss_weight`` times the mean over batch x classes."""
-        return self.loss_weight * self.elementwise(logits, targets).mean()
+        """Scalar loss: ``loss_weight`` times the sum (or mean) over batch x classes."""
+        loss = self.elementwise(logits, targets)
+        return self.loss_weight * (loss.sum() if self.reduction == "sum" else loss.mean())
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant!r}, classes={self.num_classes}, hyper={self.hyper}"
+        return (
+            f"variant={self.variant!r}, reduction={self.reduction!r}, "
+            f"classes={self.num_classes}, hyper={self.hyper}"
+        )
 
 
 LOSSES: dict[str, type[UnifiedWeightedBCE]] = {}
@@ -234,8 +267,15 @@ class WeightedBCELoss(UnifiedWeightedBCE):
     hyper_defaults = {"paper": {}, "official": {"fallback": "global_min"}}
     EPS = 1e-6
 
-    def __init__(self, pos_counts: Counts, neg_counts: Counts, variant: str = "paper", **hyper):
-        super().__init__(pos_counts, neg_counts, variant, **hyper)
+    def __init__(
+        self,
+        pos_counts: Counts,
+        neg_counts: Counts,
+        variant: str = "paper",
+        reduction: str = "auto",
+        **hyper: Any,
+    ):
+        super().__init__(pos_counts, neg_counts, variant, reduction, **hyper)
         pos, neg = self._pos_np, self._neg_np
         if variant == "paper":
             self._constant("w_pos", neg / (pos + neg))
@@ -294,8 +334,15 @@ class ClassBalancedFocalLoss(UnifiedWeightedBCE):
         "official": {"beta": 0.9999, "gamma": 2.0, "loss_weight": 50.0},
     }
 
-    def __init__(self, pos_counts: Counts, neg_counts: Counts, variant: str = "paper", **hyper):
-        super().__init__(pos_counts, neg_counts, variant, **hyper)
+    def __init__(
+        self,
+        pos_counts: Counts,
+        neg_counts: Counts,
+        variant: str = "paper",
+        reduction: str = "auto",
+        **hyper: Any,
+    ):
+        super().__init__(pos_counts, neg_counts, variant, reduction, **hyper)
         beta = float(self.hyper["beta"])
         e_pos = effective_number(self._pos_np, beta)
         e_neg = effective_number(self._neg_np, beta)
@@ -317,6 +364,7 @@ def build_loss(
     pos_counts: Counts,
     neg_counts: Counts,
     variant: str = "paper",
+    reduction: str = "auto",
     **hyper: Any,
 ) -> UnifiedWeightedBCE:
     """Build a registered loss for classes with training counts ``pos_counts``/``neg_counts``.
@@ -326,6 +374,8 @@ def build_loss(
         pos_counts: $N^+$ per output (length K), e.g. ``NIHData.counts("train")[0]``.
         neg_counts: $N^-$ per output.
         variant: ``"paper"`` (the paper's equations) or ``"official"`` (the authors' code).
+        reduction: ``"sum"`` or ``"mean"`` over batch x classes; ``"auto"``: the
+            variant's own (paper: sum, official: mean; :data:`AUTO_REDUCTION`).
         **hyper: ``alpha``, ``gamma``, ``beta``, ``loss_weight``, ``allow_empty``,
             ``fallback`` (official wbce) where the loss takes them.
 
@@ -337,4 +387,4 @@ def build_loss(
     """
     if name not in LOSSES:
         raise KeyError(f"unknown loss {name!r}; registered losses: {sorted(LOSSES)}")
-    return LOSSES[name](pos_counts, neg_counts, variant, **hyper)
+    return LOSSES[name](pos_counts, neg_counts, variant, reduction, **hyper)

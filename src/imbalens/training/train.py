@@ -441,7 +441,12 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     model.to(device, memory_format=memory_format)
     pos, neg = data.counts("train")
     criterion = build_loss(
-        cfg["loss"]["name"], pos, neg, variant=cfg["loss"]["variant"], **cfg["loss"]["hyper"]
+        cfg["loss"]["name"],
+        pos,
+        neg,
+        variant=cfg["loss"]["variant"],
+        reduction=cfg["loss"].get("reduction", "auto"),
+        **cfg["loss"]["hyper"],
     ).to(device)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, n_steps * epochs)
