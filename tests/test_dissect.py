@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imbalens.explain.dissect import count_concepts, dissect_model, streaming_quantile
@@ -222,3 +224,44 @@ def test_floor_ties_silent_cells_never_form_a_concept(threshold: str) -> None:
     # A >= 0 switches on every cell: each map is one component touching the box
     assert literal.disjoint == pytest.approx(2.0)
     assert literal.unique == pytest.approx(2.0)
+
+
+def _random_batches(seed: int, relu: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in range(3):
+        acts = torch.randn(6, 32, 4, 4, generator=g)
+        if relu:
+            acts = acts.clamp(min=0)
+        fm = torch.zeros(6, 8, 64, 64, dtype=torch.bool)
+        for i in range(6):
+            r = torch.randint(0, 40, (2,), generator=g)
+            fm[i, (i + b) % 8, r[0] : r[0] + 20, r[1] : r[1] + 12] = True
+            if i % 2:
+                fm[i, (i + 3) % 8, 5:15, 40:60] = True
+        out.append((acts, fm.any(1), fm))
+    return out
+
+
+def test_bilinear_matrix_equals_interpolate() -> None:
+    from imbalens.explain.dissect import bilinear_matrix
+
+    a = torch.randn(2, 3, 4, 5)
+    up = F.interpolate(a, size=(37, 29), mode="bilinear", align_corners=False)
+    mine = torch.einsum("yh,nchw,xw->ncyx", bilinear_matrix(37, 4), a, bilinear_matrix(29, 5))
+    assert (up - mine).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("q", [0.005, 0.04, 0.7])
+@pytest.mark.parametrize("floor_ties", [False, True])
+def test_box_crop_fast_path_equals_whole_map_upsampling(
+    relu: bool, q: float, floor_ties: bool
+) -> None:
+    """upsample_to="mask" upsamples only candidate maps; an explicit size upsamples all."""
+    fast = count_concepts(_random_batches(1, relu), q=q, upsample_to="mask", floor_ties=floor_ties)
+    ref = count_concepts(_random_batches(1, relu), q=q, upsample_to=64, floor_ties=floor_ties)
+    assert (fast.disjoint, fast.unique) == (ref.disjoint, ref.unique)
+    assert fast.per_finding == ref.per_finding
+    pd.testing.assert_frame_equal(fast.per_channel, ref.per_channel)
+    assert fast.total_components > 0
