@@ -62,6 +62,8 @@ PAGES_DIR = "_pages"
 STALE_DIR = ".stale"
 #: a phantom folder's manifest (written by :mod:`imbalens.data.synth`)
 PHANTOM_MANIFEST = "phantom.json"
+#: a phantom folder's exact lesion masks (:class:`imbalens.data.synth.LesionMasks`)
+PHANTOM_MASKS = "lesion_masks.npz"
 
 
 @dataclass(frozen=True)
