@@ -16,7 +16,7 @@ the means of :func:`summarise_alignment` (its ``n`` counts only defined values).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imbalens.data.findings import BOXED_FINDINGS
 from imbalens.explain.cam import class_activation_maps
+from imbalens.explain.localization import column_names, localization_hook
 
 __all__ = ["alignment_table", "soft_iobb", "soft_ior", "summarise_alignment"]
 
@@ -97,6 +98,7 @@ def alignment_table(
     normalise: str = "feature",
     threshold: float | None = None,
     autocast: object | None = None,
+    exact: Callable[[str, str, int], Tensor | None] | None = None,
 ) -> pd.DataFrame:
     """One row per (boxed image, finding with a box): image, finding, output, iobb, ior.
 
@@ -109,6 +111,9 @@ def alignment_table(
     Args:
         autocast: an optional context-manager factory (called with no arguments) used
             around the forward pass, e.g. a bf16 autocast.
+        exact: optional ``(image, finding, size) -> (S, S) bool mask`` of the lesion's
+            exact pixels (the phantom); adds the ``*_mask`` columns of
+            :func:`imbalens.explain.localization.alignment_columns`.
     """
     outputs = [_output_for(f, class_names, task) for f in BOXED_FINDINGS]
     out_idx = sorted({list(class_names).index(o) for o in outputs})
@@ -136,6 +141,7 @@ def alignment_table(
         iobb = soft_iobb(maps, masks, threshold).tolist()
         ior = soft_ior(maps, masks, threshold).tolist()
         index = batch["index"].tolist()
+        extra = localization_hook(maps, masks, exact, names, index, b_idx, f_idx)
         for n, (b, f) in enumerate(zip(b_idx.tolist(), f_idx.tolist(), strict=True)):
             i = index[b]
             rows.append(
@@ -145,10 +151,13 @@ def alignment_table(
                     "output": outputs[f],
                     "iobb": iobb[n],
                     "ior": ior[n],
+                    **{c: v[n] for c, v in extra.items()},
                 }
             )
     log.info("alignment: %d maps", len(rows))
-    return pd.DataFrame(rows, columns=["image", "finding", "output", "iobb", "ior"])
+    return pd.DataFrame(
+        rows, columns=["image", "finding", "output", "iobb", "ior", *column_names(exact)]
+    )
 
 
 def summarise_alignment(df: pd.DataFrame) -> pd.DataFrame:

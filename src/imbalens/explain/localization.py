@@ -1,0 +1,288 @@
+"""Localisation metrics that a diffuse map cannot game: pointing game, hard IoU at a budget.
+
+The paper's soft IoBB and IoR (:mod:`imbalens.explain.alignment`) use the saliency values
+themselves, so a monotone flattening of a fixed map, :math:`S \\mapsto S^{\\gamma}` with
+:math:`\\gamma < 1` (same peak, same pixel ranking), raises IoBB and lowers IoR without
+the map pointing anywhere else. The metrics here depend on the map only through its
+*ranking* of pixels, or its maximum (Saporta et al., "Benchmarking saliency methods for
+chest X-ray interpretation", Nat. Mach. Intell. 2022 (CheXlocalize); Zhang et al.,
+"Top-down neural attention by excitation backprop", ECCV 2016):
+
+- **pointing game** (hit): the map's maximum lies in the mask :math:`M`. With ties the
+  score is the share of maximal pixels inside :math:`M`, the expected hit under random
+  tie-breaking, so a uniform map scores the mask's area fraction, not 1:
+
+  $$ \\mathrm{hit} = \\frac{|\\{p : S_p = \\max S\\} \\cap M|}{|\\{p : S_p = \\max S\\}|} $$
+
+- **hard IoU / IoBB at a budget**: binarise :math:`B = [S \\ge t]` with :math:`t` the
+  :math:`n`-th largest value of :math:`S`, :math:`n = \\lceil k\\% \\cdot HW \\rceil`
+  (``topk``, k a parameter, default 5) or :math:`n = |M|` (``area``: the mask's own
+  area as budget), then
+
+  $$ \\mathrm{IoU} = \\frac{|B \\cap M|}{|B \\cup M|}, \\qquad
+     \\mathrm{IoBB}_{hard} = \\frac{|B \\cap M|}{|M|} ; $$
+
+- **Otsu**: :math:`B = [S > t_{Otsu}]` with Otsu's (1979) threshold
+  (:func:`skimage.filters.threshold_otsu`) of each map; NaN for a constant map, which
+  no threshold splits.
+
+Every metric is NaN where the mask is empty. On the phantom the same metrics are also
+computed against each lesion's exact pixel mask (columns with suffix ``_mask``;
+:func:`imbalens.data.synth.lesion_mask`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from skimage.filters import threshold_otsu
+from torch import Tensor
+
+from imbalens.data.findings import BOXED_FINDINGS
+
+__all__ = [
+    "COLUMNS",
+    "alignment_columns",
+    "budget_mask",
+    "column_names",
+    "localization_hook",
+    "gaussian_map",
+    "hard_overlaps",
+    "localization_metrics",
+    "otsu_mask",
+    "pointing_game",
+    "power_transform_table",
+    "summarise_localization",
+]
+
+COLUMNS: tuple[str, ...] = (
+    "pointing",
+    "topk_iou",
+    "topk_iobb",
+    "area_iou",
+    "otsu_iou",
+    "otsu_iobb",
+)
+"""Columns :func:`localization_metrics` adds to ``alignment.csv`` (box masks)."""
+
+MASK_SUFFIX = "_mask"
+
+
+def _check(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.as_tensor(maps).double()
+    m = torch.as_tensor(masks).bool()
+    if s.shape[-2:] != m.shape[-2:]:
+        raise ValueError(
+            f"maps {tuple(s.shape)} and masks {tuple(m.shape)} differ in H, W: "
+            "upsample the maps to the mask (input) resolution first"
+        )
+    return s, m.expand_as(s)
+
+
+def _nan_where_empty(value: Tensor, masks: Tensor) -> Tensor:
+    return torch.where(masks.flatten(-2).any(-1), value, torch.nan)
+
+
+def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """Hit = share of the map's maximal pixels that lie in the mask (module docstring).
+
+    Args:
+        maps: (..., H, W) saliency maps; masks: (..., H, W) bool, broadcastable.
+
+    Returns:
+        float64 (...): 1 for a unique maximum inside the mask, 0 outside; NaN for an
+        empty mask.
+    """
+    s, m = _check(maps, masks)
+    flat, mf = s.flatten(-2), m.flatten(-2)
+    top = flat == flat.amax(-1, keepdim=True)
+    hit = (top & mf).sum(-1).double() / top.sum(-1).clamp_min(1).double()
+    return _nan_where_empty(hit, m)
+
+
+def budget_mask(maps: Tensor, n: Tensor | int) -> Tensor:
+    """B = [S >= t], t the n-th largest value of each map (ties at t are all kept).
+
+    Args:
+        maps: (..., H, W). n: pixels in the budget, an int or a (...) tensor (>= 1).
+    """
+    s = torch.as_tensor(maps).double()
+    flat = s.flatten(-2)
+    hw = flat.shape[-1]
+    n_t = torch.as_tensor(n, dtype=torch.long).clamp(1, hw).expand(flat.shape[:-1])
+    ordered = flat.sort(-1, descending=True).values
+    t = ordered.gather(-1, (n_t - 1).unsqueeze(-1))
+    return (flat >= t).reshape(s.shape)
+
+
+def otsu_mask(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """B = [S > Otsu threshold] per map, and a (...) bool telling where it is defined.
+
+    A constant map (no two grey levels) has no Otsu split: ``defined`` is False there.
+    """
+    s = torch.as_tensor(maps).double()
+    arr = s.reshape(-1, *s.shape[-2:]).numpy()
+    out = np.zeros(arr.shape, dtype=bool)
+    ok = np.zeros(arr.shape[0], dtype=bool)
+    for i, a in enumerate(arr):
+        if np.isfinite(a).all() and a.max() > a.min():
+            out[i] = a > threshold_otsu(a)
+            ok[i] = True
+    return torch.from_numpy(out).reshape(s.shape), torch.from_numpy(ok).reshape(s.shape[:-2])
+
+
+def hard_overlaps(binary: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Hard IoU = |B & M| / |B | M| and IoBB = |B & M| / |M|; NaN for an empty mask."""
+    b = torch.as_tensor(binary).bool()
+    m = torch.as_tensor(masks).bool().expand_as(b)
+    inter = (b & m).flatten(-2).sum(-1).double()
+    union = (b | m).flatten(-2).sum(-1).double()
+    area = m.flatten(-2).sum(-1).double()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.nan)
+    iobb = torch.where(area > 0, inter / area.clamp_min(1), torch.nan)
+    return _nan_where_empty(iou, m), iobb
+
+
+def localization_metrics(maps: Tensor, masks: Tensor, k: float = 5.0) -> dict[str, Tensor]:
+    """Every column of :data:`COLUMNS` for (N, H, W) maps against (N, H, W) masks.
+
+    Args:
+        k: the ``topk`` budget in percent of the image's pixels (0 < k <= 100).
+
+    Returns:
+        ``{column: float64 (N,)}``.
+    """
+    if not 0.0 < k <= 100.0:
+        raise ValueError(f"top-k budget k={k} must be a percentage in (0, 100]")
+    s, m = _check(maps, masks)
+    hw = s.shape[-1] * s.shape[-2]
+    out = {"pointing": pointing_game(s, m)}
+    top = budget_mask(s, math.ceil(k / 100.0 * hw))
+    out["topk_iou"], out["topk_iobb"] = hard_overlaps(top, m)
+    area = budget_mask(s, m.flatten(-2).sum(-1))
+    out["area_iou"], _ = hard_overlaps(area, m)
+    otsu, defined = otsu_mask(s)
+    iou, iobb = hard_overlaps(otsu, m)
+    out["otsu_iou"] = torch.where(defined, iou, torch.nan)
+    out["otsu_iobb"] = torch.where(defined, iobb, torch.nan)
+    return out
+
+
+def alignment_columns(
+    maps: Tensor, boxes: Tensor, exact: Tensor | None = None, k: float = 5.0
+) -> dict[str, list[float]]:
+    """Columns for ``alignment.csv``: :data:`COLUMNS` against the box masks and, when
+    ``exact`` (N, H, W) lesion masks are given (phantom), the same plus soft ``iobb`` and
+    ``ior`` against them with the suffix ``_mask`` (rows with an empty exact mask: NaN).
+    """
+    cols = {c: v.tolist() for c, v in localization_metrics(maps, boxes, k).items()}
+    if exact is not None:
+        from imbalens.explain.alignment import soft_iobb, soft_ior
+
+        e = torch.as_tensor(exact).bool()
+        more = localization_metrics(maps, e, k)
+        more["iobb"] = torch.where(e.flatten(-2).any(-1), soft_iobb(maps, e), torch.nan)
+        more["ior"] = torch.where(e.flatten(-2).any(-1), soft_ior(maps, e), torch.nan)
+        cols.update({f"{c}{MASK_SUFFIX}": v.tolist() for c, v in more.items()})
+    return cols
+
+
+def column_names(exact: object | None = None) -> list[str]:
+    """Names of the columns :func:`alignment_columns` adds (with ``_mask`` ones when
+    ``exact`` is not None)."""
+    names = list(COLUMNS)
+    if exact is not None:
+        names += [f"{c}{MASK_SUFFIX}" for c in (*COLUMNS, "iobb", "ior")]
+    return names
+
+
+def localization_hook(
+    maps: Tensor,
+    masks: Tensor,
+    exact: Callable[[str, str, int], Tensor | None] | None,
+    names: Sequence[str] | None,
+    index: Sequence[int],
+    b_idx: Tensor,
+    f_idx: Tensor,
+) -> dict[str, list[float]]:
+    """:func:`alignment_columns` for one batch of :func:`~imbalens.explain.alignment.
+    alignment_table`: maps (n, S, S) of items ``b_idx`` and boxed findings ``f_idx``;
+    ``exact(image, finding, S)`` gives a lesion mask (or None: an empty one)."""
+    if exact is None:
+        return alignment_columns(maps, masks)
+    size = int(maps.shape[-1])
+    got = []
+    for b, f in zip(b_idx.tolist(), f_idx.tolist(), strict=True):
+        i = index[b]
+        name = names[i] if names is not None else str(i)
+        m = exact(name, BOXED_FINDINGS[f], size)
+        got.append(torch.zeros(size, size, dtype=torch.bool) if m is None else torch.as_tensor(m))
+    return alignment_columns(maps, masks, torch.stack(got).bool())
+
+
+def summarise_localization(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean and n (NaN skipped) of each metric column by finding, plus an "all" row.
+
+    Columns: finding, then ``<metric>_mean``, ``<metric>_n`` for every metric of
+    :data:`COLUMNS` (and its ``_mask`` variant) present in ``df``, or of ``columns``.
+    """
+    if columns is None:
+        wanted = [*COLUMNS, *(f"{c}{MASK_SUFFIX}" for c in (*COLUMNS, "iobb", "ior"))]
+        columns = [c for c in wanted if c in df.columns]
+    parts = [df.assign(finding=df["finding"].astype(str)), df.assign(finding="all")]
+    both = pd.concat(parts, ignore_index=True)
+    agg = both.groupby("finding", sort=False)[list(columns)].agg(["mean", "count"])
+    agg.columns = [f"{m}_{s.replace('count', 'n')}" for m, s in agg.columns]
+    order = [f for f in BOXED_FINDINGS if f in agg.index] + ["all"]
+    order += [f for f in agg.index if f not in order]
+    return agg.loc[order].reset_index()
+
+
+def gaussian_map(
+    size: int = 100, sigma: float = 15.0, centre: tuple[float, float] | None = None
+) -> Tensor:
+    """An isotropic Gaussian :math:`\\exp(-\\|p - c\\|^2 / 2\\sigma^2)` on a size x size
+    grid of pixel centres (peak 1; centre default the image centre)."""
+    cy, cx = centre if centre is not None else (size / 2, size / 2)
+    y, x = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64) + 0.5,
+        torch.arange(size, dtype=torch.float64) + 0.5,
+        indexing="ij",
+    )
+    return torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
+
+
+def power_transform_table(
+    gammas: Sequence[float] = (1.0, 0.5, 0.25),
+    size: int = 100,
+    sigma: float = 15.0,
+    box: tuple[int, int, int, int] = (30, 30, 70, 70),
+    k: float = 5.0,
+) -> pd.DataFrame:
+    """The diffuse-map experiment of issue #9: one Gaussian map S, one box (x0, y0, x1,
+    y1, pixel edges), and S**gamma for each gamma: soft IoBB / IoR against the pointing
+    game and the hard metrics. One row per gamma.
+    """
+    from imbalens.explain.alignment import soft_iobb, soft_ior
+
+    x0, y0, x1, y1 = box
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    base = gaussian_map(size, sigma)
+    rows: list[Mapping[str, float]] = []
+    for g in gammas:
+        s = (base**g)[None]
+        m = localization_metrics(s, mask[None], k)
+        rows.append(
+            {
+                "gamma": float(g),
+                "soft_iobb": float(soft_iobb(s, mask[None])[0]),
+                "soft_ior": float(soft_ior(s, mask[None])[0]),
+                **{c: float(v[0]) for c, v in m.items()},
+            }
+        )
+    return pd.DataFrame(rows)
