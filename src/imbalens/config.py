@@ -72,6 +72,8 @@ DEFAULTS: dict[str, Any] = {
         "normalise": "images",  # images (paper) | boxes (official)
         "batch_size": 32,
         "cache": True,  # keep the layer's activations in a temp file (one forward pass)
+        "baselines": True,  # baselines.csv: untrained, cascade-randomised, uniform, centre
+        "cascade_levels": [1, 2],  # imbalens.explain.baselines.CASCADE levels (1 = head)
     },
 }
 

@@ -17,6 +17,7 @@ Layout of a run folder::
     train.done                training finished (train writes it)
     alignment.csv, alignment_summary.csv   CAM vs boxes (alignment stage)
     concepts.json, concepts_channels.csv   dissection (concepts stage)
+    baselines.csv             untrained / re-randomised / map baselines (alignment stage)
     analysis.done             ``imbalens analyse`` finished
     <stage>.ipynb             executed notebook of each stage
     <stage>.stage.done        the grid's marker: the config hash the stage ran with
@@ -52,6 +53,7 @@ ALIGNMENT_SUMMARY = "alignment_summary.csv"
 CONCEPTS = "concepts.json"
 CONCEPTS_CHANNELS = "concepts_channels.csv"
 ANALYSIS_DONE = "analysis.done"
+BASELINES = "baselines.csv"
 NOTEBOOK = "{stage}.ipynb"
 STAGE_MARKER = "{stage}.stage.done"
 
@@ -138,6 +140,10 @@ class RunFolder:
     @property
     def concepts_channels(self) -> Path:
         return self._p(CONCEPTS_CHANNELS)
+
+    @property
+    def baselines(self) -> Path:
+        return self._p(BASELINES)
 
     @property
     def analysis_done(self) -> Path:

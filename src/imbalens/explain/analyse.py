@@ -38,7 +38,9 @@ from torch.utils.data import Dataset, Subset
 from imbalens import runfolder as rf
 from imbalens.config import DEFAULTS
 from imbalens.explain.alignment import alignment_table, summarise_alignment
+from imbalens.explain.baselines import write_baselines
 from imbalens.explain.dissect import default_q, dissect_model
+from imbalens.explain.localization import lesion_masks_of, summarise_localization
 from imbalens.io import atomic_write_text
 
 __all__ = ["DONE", "analyse_model", "analyse_run", "cli", "configure_parser"]
@@ -109,9 +111,15 @@ def analyse_model(
     bs = int(a_cfg["batch_size"])
 
     t0 = time.perf_counter()
-    table = alignment_table(model, dataset, data.class_names, data.task, bs, dev, autocast=autocast)
-    summary = summarise_alignment(table)
+    exact = lesion_masks_of(data)  # issue #9: exact lesion masks on the phantom
+    table = alignment_table(
+        model, dataset, data.class_names, data.task, bs, dev, autocast=autocast, exact=exact
+    )
+    summary = summarise_alignment(table).merge(summarise_localization(table), on="finding")
     seconds["alignment"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_baselines(model, cfg, data, dataset, table, out, dev, autocast)
+    seconds["baselines"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(table, out / rf.ALIGNMENT)
     _write_csv(summary, out / rf.ALIGNMENT_SUMMARY)

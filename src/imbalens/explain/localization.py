@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,6 +51,7 @@ __all__ = [
     "alignment_columns",
     "budget_mask",
     "column_names",
+    "lesion_masks_of",
     "localization_hook",
     "gaussian_map",
     "hard_overlaps",
@@ -222,6 +225,24 @@ def localization_hook(
         m = exact(name, BOXED_FINDINGS[f], size)
         got.append(torch.zeros(size, size, dtype=torch.bool) if m is None else torch.as_tensor(m))
     return alignment_columns(maps, masks, torch.stack(got).bool())
+
+
+def lesion_masks_of(data: Any) -> Callable[[str, str, int], Tensor | None] | None:
+    """The exact lesion masks of ``data`` (an NIHData with ``root``) when it is a phantom
+    with a masks file (:class:`imbalens.data.synth.LesionMasks`), else None."""
+    from imbalens import runfolder as rf
+    from imbalens.data.synth import LesionMasks
+
+    root = getattr(data, "root", None)
+    if root is None or not (Path(root) / rf.PHANTOM_MASKS).is_file():
+        return None
+    masks = LesionMasks(root)
+
+    def exact(image: str, finding: str, size: int) -> Tensor | None:
+        m = masks(image, finding, size)
+        return None if m is None else torch.from_numpy(m)
+
+    return exact
 
 
 def summarise_localization(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
