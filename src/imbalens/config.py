@@ -73,7 +73,8 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 32,
         "cache": True,  # keep the layer's activations in a temp file (one forward pass)
         "baselines": True,  # baselines.csv: untrained, cascade-randomised, uniform, centre
-        "cascade_levels": [1, 2],  # imbalens.explain.baselines.CASCADE levels (1 = head)
+        "cascade_levels": [2],  # imbalens.explain.baselines.CASCADE levels (1 = head only)
+        "baseline_images": 128,  # baselines on the first N boxed images (null: all)
     },
 }
 

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from imbalens import runfolder as rf
 from imbalens.data.findings import BOXED_FINDINGS
@@ -240,13 +240,21 @@ def write_baselines(
     """:func:`baseline_table` of a run, compared with its ``trained`` alignment table,
     written atomically to ``out/baselines.csv``; returns the seconds per baseline.
 
-    Settings: ``analysis.baselines`` (False: nothing is done) and
-    ``analysis.cascade_levels`` (levels of :data:`CASCADE`, default [1, 2]).
+    Settings: ``analysis.baselines`` (False: nothing is done),
+    ``analysis.cascade_levels`` (levels of :data:`CASCADE`, default [2]: head and last
+    block) and ``analysis.baseline_images`` (the first N boxed images, default 128, or
+    null for all; the trained model is compared on the same images).
     """
     a = cfg.get("analysis") or {}
     if not a.get("baselines", True):
         return {}
-    levels = [int(k) for k in a.get("cascade_levels", (1, 2))]
+    levels = [int(k) for k in a.get("cascade_levels", (2,))]
+    n = a.get("baseline_images", 128)
+    if n is not None and int(n) < len(dataset):  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(int(n)))
+    names = _names(dataset)
+    if names is not None:
+        trained = trained[trained["image"].isin(set(names))]
     seed = int(cfg["train"]["seed"])
     untrained = untrained_model(cfg, len(data.class_names))
     table, seconds = baseline_table(
@@ -274,3 +282,12 @@ def write_baselines(
             row.value,
         )
     return seconds
+
+
+def _names(dataset: Dataset) -> list[str] | None:
+    """Image names of a dataset or of nested ``Subset``s of one (None without names)."""
+    if isinstance(dataset, Subset):
+        inner = _names(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    names = getattr(dataset, "names", None)
+    return None if names is None else list(names)

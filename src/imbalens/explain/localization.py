@@ -76,7 +76,8 @@ MASK_SUFFIX = "_mask"
 
 
 def _check(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.as_tensor(maps).double()
+    s = torch.as_tensor(maps)
+    s = s if s.is_floating_point() else s.double()  # float32 CAMs stay float32 (ranking)
     m = torch.as_tensor(masks).bool()
     if s.shape[-2:] != m.shape[-2:]:
         raise ValueError(
@@ -113,12 +114,15 @@ def budget_mask(maps: Tensor, n: Tensor | int) -> Tensor:
     Args:
         maps: (..., H, W). n: pixels in the budget, an int or a (...) tensor (>= 1).
     """
-    s = torch.as_tensor(maps).double()
+    s = torch.as_tensor(maps)
     flat = s.flatten(-2)
     hw = flat.shape[-1]
-    n_t = torch.as_tensor(n, dtype=torch.long).clamp(1, hw).expand(flat.shape[:-1])
-    ordered = flat.sort(-1, descending=True).values
-    t = ordered.gather(-1, (n_t - 1).unsqueeze(-1))
+    if isinstance(n, int):  # one budget for all maps: the n-th largest by kthvalue
+        t = flat.kthvalue(hw - min(max(n, 1), hw) + 1, dim=-1, keepdim=True).values
+    else:
+        n_t = torch.as_tensor(n, dtype=torch.long).clamp(1, hw).expand(flat.shape[:-1])
+        ordered = flat.sort(-1, descending=True).values
+        t = ordered.gather(-1, (n_t - 1).unsqueeze(-1))
     return (flat >= t).reshape(s.shape)
 
 
