@@ -18,6 +18,7 @@ Layout of a run folder::
     alignment.csv, alignment_summary.csv   CAM vs boxes (alignment stage)
     concepts.json, concepts_channels.csv   dissection (concepts stage)
     baselines.csv             untrained / re-randomised / map baselines (alignment stage)
+    sensitivity.csv           metrics under other q / layer / CAM choices (sensitivity page)
     analysis.done             ``imbalens analyse`` finished
     <stage>.ipynb             executed notebook of each stage
     <stage>.stage.done        the grid's marker: the config hash the stage ran with
@@ -54,6 +55,7 @@ CONCEPTS = "concepts.json"
 CONCEPTS_CHANNELS = "concepts_channels.csv"
 ANALYSIS_DONE = "analysis.done"
 BASELINES = "baselines.csv"
+SENSITIVITY = "sensitivity.csv"
 NOTEBOOK = "{stage}.ipynb"
 STAGE_MARKER = "{stage}.stage.done"
 
