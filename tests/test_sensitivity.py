@@ -90,5 +90,7 @@ def test_measure_run_from_a_checkpoint(tiny_phantom, tmp_path) -> None:
     u = dis[dis["metric"] == "unique"].set_index("q")["value"]
     assert u[0.01] <= u[0.04]
     assert (run.path / "sensitivity.csv").is_file()
-    again = measure_grid(tmp_path / "grid")  # read back from sensitivity.csv
-    assert len(again) == len(df)
+    again = measure_grid(tmp_path / "grid", qs=(0.04,), max_images=4)  # from sensitivity.csv
+    pd.testing.assert_frame_equal(again, df, check_dtype=False)
+    other = measure_grid(tmp_path / "grid", qs=(0.04,), max_images=5)  # other settings: redone
+    assert set(other["max_images"].astype(str)) == {"5"}

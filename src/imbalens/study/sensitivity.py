@@ -102,7 +102,10 @@ def measure_run(
     run = rf.RunFolder(Path(run_dir))
     cached = run.path / rf.SENSITIVITY
     if cached.is_file() and not force:
-        return pd.read_csv(cached)
+        old = pd.read_csv(cached)
+        if "max_images" in old and set(old["max_images"].astype(str)) == {str(max_images)}:
+            return old
+        log.info("%s was measured with other settings: measuring again", cached)
     model, cfg = load_model_from_run(run.path)
     data = load_nih_from_config(cfg["data"])
     dataset = data.dataset("boxed", int(cfg["data"]["image_size"]))
@@ -131,9 +134,9 @@ def measure_run(
         is_ref = r["layer"] == ref_layer and r["q"] == ref_q
         setting = f"{r['layer']} q={r['q']:g}"
         rows.append(key | {"factor": "dissection", "setting": setting, "is_reference": is_ref, **r})
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).assign(max_images=str(max_images))
     atomic_write_text(cached, df.to_csv(index=False))
-    return df
+    return pd.read_csv(cached)  # the same types whether measured now or read back
 
 
 def measure_grid(grid_dir: str | Path, **kw: Any) -> pd.DataFrame:
