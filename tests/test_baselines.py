@@ -93,6 +93,7 @@ def test_uniform_map_gives_iobb_one_and_ior_box_fraction() -> None:
     assert u["iobb"].tolist() == [1.0, 1.0]
     assert u["ior"].tolist() == pytest.approx([0.2, 1.0])
     assert u["pointing"].tolist() == pytest.approx([0.2, 1.0])  # ties: box fraction
+    assert u["topk_iobb"].tolist() == pytest.approx([0.05, 0.05])  # 5 % budget, shared
     c = t[t["baseline"] == "centre"]
     assert c["iobb"].iloc[0] < 1.0 and c["pointing"].iloc[1] == 1.0
     assert set(t["finding"]) == {"Nodule"}

@@ -45,7 +45,10 @@ def test_topk_budget_iou_iobb_known_answer() -> None:
     # map = column index on a 10 x 10 image: the top 20 % are columns 8 and 9
     s = torch.arange(10.0).expand(10, 10).clone()
     b = budget_mask(s, 20)
-    assert b.sum() == 20 and b[:, 8:].all()
+    assert b.sum() == 20 and (b[:, 8:] == 1).all()
+    # a tie at the threshold: 15 pixels needed, columns 9 (10 px) above, column 8 tied
+    half = budget_mask(s, 15)
+    assert half.sum() == pytest.approx(15) and (half[:, 8] == 0.5).all()
     box = _box(10, 7, 0, 10, 10)  # columns 7..9: 30 pixels
     m = localization_metrics(s[None], box[None], k=20.0)
     assert m["topk_iou"].item() == pytest.approx(20 / 30)  # B in M, |M| = 30
@@ -66,7 +69,10 @@ def test_otsu_two_level_map_and_constant_map() -> None:
     assert m["otsu_iobb"].item() == pytest.approx(1.0)
     flat = localization_metrics(torch.ones(1, 8, 8), _box(8, 0, 0, 2, 4)[None])
     assert math.isnan(flat["otsu_iou"].item())
-    assert flat["topk_iou"].item() == pytest.approx(8 / 64)  # ties: the whole image
+    # ties share the budget: n = ceil(5% of 64) = 4 pixels spread over all 64, so
+    # |B & M| = 4 * 8 / 64 = 0.5, |B | M| = 4 + 8 - 0.5, IoBB = 4 / 64 (not 1)
+    assert flat["topk_iou"].item() == pytest.approx(0.5 / 11.5)
+    assert flat["topk_iobb"].item() == pytest.approx(4 / 64)
 
 
 def test_power_transform_moves_soft_metrics_not_pointing_or_topk() -> None:

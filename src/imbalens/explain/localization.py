@@ -14,10 +14,11 @@ chest X-ray interpretation", Nat. Mach. Intell. 2022 (CheXlocalize); Zhang et al
 
   $$ \\mathrm{hit} = \\frac{|\\{p : S_p = \\max S\\} \\cap M|}{|\\{p : S_p = \\max S\\}|} $$
 
-- **hard IoU / IoBB at a budget**: binarise :math:`B = [S \\ge t]` with :math:`t` the
-  :math:`n`-th largest value of :math:`S`, :math:`n = \\lceil k\\% \\cdot HW \\rceil`
-  (``topk``, k a parameter, default 5) or :math:`n = |M|` (``area``: the mask's own
-  area as budget), then
+- **hard IoU / IoBB at a budget**: keep the :math:`n` highest pixels,
+  :math:`n = \\lceil k\\% \\cdot HW \\rceil` (``topk``, k a parameter, default 5) or
+  :math:`n = |M|` (``area``: the mask's own area as budget), ties at the n-th value
+  sharing the rest of the budget (:func:`budget_mask`: a uniform map scores
+  :math:`n / HW` at hard IoBB, not 1), then
 
   $$ \\mathrm{IoU} = \\frac{|B \\cap M|}{|B \\cup M|}, \\qquad
      \\mathrm{IoBB}_{hard} = \\frac{|B \\cap M|}{|M|} ; $$
@@ -109,21 +110,36 @@ def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
 
 
 def budget_mask(maps: Tensor, n: Tensor | int) -> Tensor:
-    """B = [S >= t], t the n-th largest value of each map (ties at t are all kept).
+    """The top-``n`` pixels of each map as weights in [0, 1], ties shared fairly.
+
+    With :math:`t` the n-th largest value, pixels above :math:`t` weigh 1 and the
+    :math:`m` pixels equal to :math:`t` share what is left of the budget, each weighing
+    :math:`(n - |S > t|) / m`: the expected selection under random tie-breaking. So the
+    weights sum to exactly ``n`` and a constant map selects every pixel with weight
+    n / HW (not all of them), while a map without ties gives a plain 0/1 mask.
 
     Args:
         maps: (..., H, W). n: pixels in the budget, an int or a (...) tensor (>= 1).
+
+    Returns:
+        float64 (..., H, W) weights.
     """
     s = torch.as_tensor(maps)
     flat = s.flatten(-2)
     hw = flat.shape[-1]
     if isinstance(n, int):  # one budget for all maps: the n-th largest by kthvalue
-        t = flat.kthvalue(hw - min(max(n, 1), hw) + 1, dim=-1, keepdim=True).values
+        n = min(max(n, 1), hw)
+        t = flat.kthvalue(hw - n + 1, dim=-1, keepdim=True).values
+        n_t = torch.full(flat.shape[:-1], n, dtype=torch.long)
     else:
         n_t = torch.as_tensor(n, dtype=torch.long).clamp(1, hw).expand(flat.shape[:-1])
         ordered = flat.sort(-1, descending=True).values
         t = ordered.gather(-1, (n_t - 1).unsqueeze(-1))
-    return (flat >= t).reshape(s.shape)
+    above = flat > t
+    tied = flat == t
+    share = (n_t - above.sum(-1)).double() / tied.sum(-1).clamp_min(1).double()
+    weights = above.double() + tied.double() * share.unsqueeze(-1)
+    return weights.reshape(s.shape)
 
 
 def otsu_mask(maps: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,12 +159,16 @@ def otsu_mask(maps: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def hard_overlaps(binary: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-    """Hard IoU = |B & M| / |B | M| and IoBB = |B & M| / |M|; NaN for an empty mask."""
-    b = torch.as_tensor(binary).bool()
+    r"""Hard IoU = |B & M| / |B | M| and IoBB = |B & M| / |M|; NaN for an empty mask.
+
+    ``binary`` may hold weights in [0, 1] (:func:`budget_mask` with ties): then
+    :math:`|B \cap M| = \sum_p B_p M_p` and :math:`|B \cup M| = \sum B + |M| - |B \cap M|`.
+    """
+    b = torch.as_tensor(binary).double()
     m = torch.as_tensor(masks).bool().expand_as(b)
-    inter = (b & m).flatten(-2).sum(-1).double()
-    union = (b | m).flatten(-2).sum(-1).double()
+    inter = (b * m).flatten(-2).sum(-1)
     area = m.flatten(-2).sum(-1).double()
+    union = b.flatten(-2).sum(-1) + area - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.nan)
     iobb = torch.where(area > 0, inter / area.clamp_min(1), torch.nan)
     return _nan_where_empty(iou, m), iobb
