@@ -141,6 +141,7 @@ def test_baseline_table_and_trained_comparison(monkeypatch: pytest.MonkeyPatch) 
     u = cmp[(cmp["baseline"] == "uniform") & (cmp["finding"] == "all")].set_index("metric")
     assert u.loc["iobb", "trained"] == pytest.approx(0.6) and not u.loc["iobb", "beats"]
     assert u.loc["ior", "beats"]  # 0.9 > 0.6
+    assert pd.isna(u.loc["otsu_iou", "beats"])  # Otsu is undefined on a uniform map
 
 
 def test_analyse_writes_baselines_and_mask_columns(tiny_phantom, tmp_path) -> None:

@@ -219,11 +219,13 @@ def baseline_table(
 
 def compare_with_trained(baselines: pd.DataFrame, trained: pd.DataFrame) -> pd.DataFrame:
     """Add ``trained`` (the trained model's mean of the same metric and finding, from its
-    ``alignment.csv`` table) and ``beats`` (trained > baseline) to a baseline summary."""
+    ``alignment.csv`` table) and ``beats`` (trained > baseline; empty where either is
+    undefined, e.g. Otsu on a uniform map) to a baseline summary."""
     t = _summary(trained.assign(baseline="trained", layers="-"))
     t = t.rename(columns={"value": "trained", "n": "trained_n"})[["finding", "metric", "trained"]]
     out = baselines.merge(t, on=["finding", "metric"], how="left")
-    out["beats"] = out["trained"] > out["value"]
+    defined = out["trained"].notna() & out["value"].notna()
+    out["beats"] = (out["trained"] > out["value"]).astype("boolean").where(defined, pd.NA)
     return out
 
 
@@ -272,7 +274,7 @@ def write_baselines(
     )
     result = compare_with_trained(table, trained)
     atomic_write_text(Path(out) / rf.BASELINES, result.to_csv(index=False))
-    not_beaten = result[(result["finding"] == "all") & ~result["beats"]]
+    not_beaten = result[(result["finding"] == "all") & result["beats"].eq(False).fillna(False)]
     for row in not_beaten.itertuples(index=False):
         log.info(
             "trained %s %.3f does not beat %s (%.3f)",
