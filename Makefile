@@ -10,7 +10,7 @@ GRID ?= params/quick.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format study book bench cuda-check clean
+.PHONY: help install test lint format study study-real book bench cuda-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ study: $(STAMP) ## the whole study on the phantom: data, grid params/quick.yaml,
 	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID) || exit 1; \
 	echo "study: $(GRID) in $$(( $$(date +%s) - start )) s (grid exit status $$status)"; \
 	exit $$status
+
+study-real: ## the same study and verdict table on real radiographs (params/nih-mini.yaml)
+	$(MAKE) study GRID=params/nih-mini.yaml
 
 book: $(STAMP) ## rebuild the book from the runs already executed
 	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID)

@@ -131,7 +131,7 @@ def test_dissection_settings_modes_and_overrides():
     a = dict(merge_config()["analysis"])
     paper = dissection_settings(a, 224)
     assert paper["threshold"] == "dataset" and paper["counting"] == "components"
-    assert paper["upsample_to"] == 224 and paper["floor_ties"] is True
+    assert paper["upsample_to"] == "mask" and paper["floor_ties"] is True
     official = dissection_settings({**a, "dissection": "official", "floor_ties": True}, 80)
     assert official["counting"] == "contours" and official["normalise"] == "entries"
     assert official["floor_ties"] is True  # an explicit key wins over the mode

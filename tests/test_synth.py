@@ -262,3 +262,101 @@ def test_data_page_prevalence_table(tiny_phantom: Path) -> None:
     assert table.loc["Hernia", "NIH (full)"] == pytest.approx(227 / 112_120)
     assert repo_path("/abs/x") == Path("/abs/x")
     assert (repo_path("pyproject.toml")).is_file()
+
+
+def _content_digest(root: Path) -> str:
+    """SHA-256 of the tables, the decoded pixels and the manifest without its code digest."""
+    import json
+
+    h = hashlib.sha256()
+    for n in FILES:
+        h.update((root / n).read_bytes())
+    m = json.loads((root / "phantom.json").read_text())
+    m.pop("code")
+    h.update(json.dumps(m, sort_keys=True).encode())
+    for p in sorted((root / "images").iterdir()):
+        h.update(p.name.encode())
+        h.update(np.asarray(Image.open(p)).tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("kw", "digest"),
+    [
+        (
+            {"n_images": 60, "size": 48, "seed": 3, "boxes": "all", "difficulty": 0.25},
+            "b21781201c5aa8baec14beb8c2541a017cd88c79ba50c63afa8d01a7532c8f90",
+        ),
+        (
+            {"n_images": 40, "size": 32, "seed": 5},
+            "c90951c2aaa8fac2eb4c336ea47b08d6d814b1b38ded9bd427f1709e058c7058",
+        ),
+    ],
+)
+def test_split_generate_writes_the_same_phantom(tmp_path: Path, kw: dict, digest: str) -> None:
+    # digests recorded with the single 169-line generate() before it was split up
+    generate(tmp_path, workers=1, **kw)
+    assert _content_digest(tmp_path) == digest
+
+
+@pytest.mark.parametrize("finding", BOXED_FINDINGS)
+def test_lesion_mask_inside_box_and_covers_changed_pixels(finding: str) -> None:
+    from imbalens.data.anatomy import render_with_masks
+
+    for index in range(3):
+        with_, boxes, masks = render_with_masks(64, 0, index, index, [finding])
+        without, _, _ = render_with_masks(64, 0, index, index, [])
+        assert np.array_equal(render(64, 0, index, index, [finding])[0], with_)
+        mask = masks[finding]
+        x0, y0, x1, y1 = boxes[finding]
+        inside = np.zeros_like(mask)
+        inside[y0:y1, x0:x1] = True
+        assert mask.any() and not (mask & ~inside).any()
+        # the box is the mask's bounding box
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) == (x0, y0, x1, y1)
+        changed = with_ != without
+        missed = (changed & ~mask).sum() / changed.sum()
+        if finding == "Cardiomegaly":
+            # the enlarged heart also shifts, uncovering a rim of the normal heart's
+            # outline outside its silhouette (measured: 4-5 % of the changed pixels)
+            assert missed < 0.1, missed
+        else:
+            assert missed == 0.0, (finding, index, missed)
+            assert mask.sum() < 1.1 * changed.sum() + 10  # tight, not the whole box
+
+
+def test_phantom_lesion_masks_file(tiny_phantom: Path) -> None:
+    from scipy.ndimage import binary_dilation
+
+    from imbalens.data.nih import box_mask, load_nih
+    from imbalens.data.synth import LesionMasks, lesion_mask
+
+    masks = LesionMasks(tiny_phantom)
+    boxes = pd.read_csv(tiny_phantom / "BBox_List_2017.csv")
+    assert len(boxes) > 0
+    data = load_nih(tiny_phantom)
+    scaled = data.boxes(32)
+    for row in boxes.itertuples(index=False):
+        name, label = row[0], row[1]
+        finding = "Infiltration" if label == "Infiltrate" else label
+        full = masks(name, finding)
+        x, y, w, h = (round(v / 16) for v in row[2:6])  # 64 px -> 1,024 space: x16
+        inside = np.zeros((64, 64), dtype=bool)
+        inside[y : y + h, x : x + w] = True
+        assert full.any() and not (full & ~inside).any(), (name, finding)
+        # at 32 px the mask stays non-empty and inside the scaled box mask up to the
+        # half-covered pixels on the box's edge (box_mask counts pixel centres)
+        small = masks(name, finding, 32)
+        k = BOXED_FINDINGS.index(finding)
+        b = scaled[(scaled["image"] == name) & (scaled["finding"] == finding)]
+        bm = box_mask(np.c_[np.full(len(b), k), b[["x0", "y0", "x1", "y1"]].to_numpy()], 32)[k]
+        assert small.shape == (32, 32) and small.any()
+        assert not (small & ~binary_dilation(bm)).any(), (name, finding)
+        assert (small & bm).sum() >= 0.5 * small.sum(), (name, finding)
+    assert masks("00000001_000.png", "Hernia") is None
+    first = boxes.iloc[0]
+    f0 = "Infiltration" if first.iloc[1] == "Infiltrate" else first.iloc[1]
+    assert np.array_equal(lesion_mask(tiny_phantom, first.iloc[0], f0), masks(first.iloc[0], f0))
+    with pytest.raises(FileNotFoundError, match="imbalens synth"):
+        LesionMasks(tiny_phantom / "images")

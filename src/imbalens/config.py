@@ -79,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
         "binary_boxes": "union",  # binary task: union (official) | per_finding
         "batch_size": 32,  # official: 64 (resnet50), 128 (t-densenet)
         "cache": True,  # keep the layer's activations in a temp file (one forward pass)
+        "baselines": True,  # baselines.csv: untrained, cascade-randomised, uniform, centre
+        "cascade_levels": [2],  # imbalens.explain.baselines.CASCADE levels (1 = head only)
+        "baseline_images": 128,  # baselines on the first N boxed images (null: all)
     },
 }
 

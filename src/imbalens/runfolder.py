@@ -19,6 +19,8 @@ Layout of a run folder::
     alignment.done            the alignment stage finished (its summary)
     concepts.json, concepts_channels.csv   dissection (concepts stage)
     concepts.done             the concepts stage finished (its summary)
+    baselines.csv             untrained / re-randomised / map baselines (alignment stage)
+    sensitivity.csv           metrics under other q / layer / CAM choices (sensitivity page)
     analysis.done             ``imbalens analyse`` finished (both stages)
     <stage>.ipynb             executed notebook of each stage
     <stage>.stage.done        the grid's marker: the config hash the stage ran with
@@ -56,6 +58,8 @@ CONCEPTS_CHANNELS = "concepts_channels.csv"
 ANALYSIS_DONE = "analysis.done"
 ALIGNMENT_DONE = "alignment.done"
 CONCEPTS_DONE = "concepts.done"
+BASELINES = "baselines.csv"
+SENSITIVITY = "sensitivity.csv"
 NOTEBOOK = "{stage}.ipynb"
 STAGE_MARKER = "{stage}.stage.done"
 
@@ -66,6 +70,8 @@ PAGES_DIR = "_pages"
 STALE_DIR = ".stale"
 #: a phantom folder's manifest (written by :mod:`imbalens.data.synth`)
 PHANTOM_MANIFEST = "phantom.json"
+#: a phantom folder's exact lesion masks (:class:`imbalens.data.synth.LesionMasks`)
+PHANTOM_MASKS = "lesion_masks.npz"
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,10 @@ class RunFolder:
     @property
     def concepts_channels(self) -> Path:
         return self._p(CONCEPTS_CHANNELS)
+
+    @property
+    def baselines(self) -> Path:
+        return self._p(BASELINES)
 
     @property
     def analysis_done(self) -> Path:

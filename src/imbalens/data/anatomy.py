@@ -553,6 +553,25 @@ def render(
         present, its box in pixel edges (x0, y0, x1, y1) around the planted lesion,
         which is zero outside the box.
     """
+    img, boxes, _ = render_with_masks(size, seed, index, patient, findings, difficulty)
+    return img, boxes
+
+
+def render_with_masks(
+    size: int,
+    seed: int,
+    index: int,
+    patient: int,
+    findings: tuple[str, ...] | list[str],
+    difficulty: float = 0.5,
+) -> tuple[np.ndarray, dict[str, Box], dict[str, np.ndarray]]:
+    r""":func:`render` plus each boxed lesion's exact pixel mask (bool (size, size)).
+
+    The mask of a lesion-field finding is the support of the field as added to the
+    image, :math:`\Delta_f \ne 0` after cropping to the box, so it lies inside the box
+    and holds every pixel the lesion changed. Cardiomegaly's is the enlarged heart's
+    silhouette (heart density > 0.05 inside the body), the set its box is drawn around.
+    """
     unknown = set(findings) - set(FINDINGS)
     if unknown:
         raise ValueError(
@@ -573,6 +592,7 @@ def render(
     ctx = build_context(size, anatomy, pose, markings_noise)
     d = anatomy_density(ctx, texture)
     boxes: dict[str, Box] = {}
+    masks: dict[str, np.ndarray] = {}
     for f in present:
         delta, boxed = LESIONS[f](ctx, frngs[f], difficulty)
         if boxed:
@@ -583,12 +603,23 @@ def render(
                 cropped[y0:y1, x0:x1] = delta[y0:y1, x0:x1]
                 delta = cropped
                 boxes[f] = box
+                masks[f] = cropped != 0
         d += delta
     if "Cardiomegaly" in present:
-        box = support_box(np.where(ctx.heart > 0.05, ctx.heart, 0.0) * ctx.body)
+        heart = np.where(ctx.heart > 0.05, ctx.heart, 0.0) * ctx.body
+        box = support_box(heart)
         if box is not None:
             boxes["Cardiomegaly"] = box
+            masks["Cardiomegaly"] = _inside(heart, box)
     c0, c1, gamma = tone
     img = np.clip(c0 + c1 * d, 0.0, 1.0) ** gamma
     img = img * 255.0 + (2.0 + 3.0 * difficulty) * noise
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), boxes
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), boxes, masks
+
+
+def _inside(field: np.ndarray, box: Box) -> np.ndarray:
+    """``field > 0`` restricted to ``box`` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    mask = np.zeros(field.shape, dtype=bool)
+    mask[y0:y1, x0:x1] = field[y0:y1, x0:x1] > 0
+    return mask

@@ -8,6 +8,7 @@ boxes are exact. ``generate`` writes into ``out``::
     Data_Entry_2017.csv               2020 revision: 9 header names, 11 fields a row
     BBox_List_2017.csv                boxes in the 1,024-px release space ("Infiltrate")
     train_val_list.txt, test_list.txt patient-wise split (test_fraction of patients)
+    lesion_masks.npz                  each boxed lesion's exact pixel mask (LesionMasks)
     phantom.json                      manifest (parameters, counts), written last
 
 Labels. By default the label distribution follows NIH's published counts
@@ -44,6 +45,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ import numpy as np
 from PIL import Image
 
 from imbalens.data import anatomy
-from imbalens.io import atomic_write_text
+from imbalens.io import atomic_path, atomic_write_text
 from imbalens.data.findings import (
     BOXED_FINDINGS,
     FINDINGS,
@@ -61,7 +63,7 @@ from imbalens.data.findings import (
     NO_FINDING,
     RELEASE_SIZE,
 )
-from imbalens.data.anatomy import render, rng_for
+from imbalens.data.anatomy import render_with_masks, rng_for
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ VERSION = 2
 existing phantom can be kept."""
 
 MANIFEST = rf.PHANTOM_MANIFEST
+MASKS = rf.PHANTOM_MASKS
+"""Every boxed lesion's exact pixel mask (:func:`lesion_mask`)."""
 MIN_POSITIVES_PER_SPLIT = 3
 """Every finding gets at least this many positive images in train_val and in test."""
 
@@ -185,15 +189,24 @@ def _patients(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return np.array(pid[:n]), np.array(fu[:n])
 
 
-def _render_task(task: tuple[Any, ...]) -> list[tuple[str, str, float, float, float, float]]:
-    """Render and write one image; return its BBox_List rows (in the 1,024 space)."""
+BoxRow = tuple[str, str, float, float, float, float]
+"""One BBox_List_2017.csv row: image, finding label, x, y, w, h (1,024 space)."""
+MaskDict = dict[str, tuple[tuple[int, int, int, int], np.ndarray]]
+"""finding -> (box (x0, y0, x1, y1) in pixels, the lesion's bool mask cropped to it)."""
+RenderResult = tuple[list[BoxRow], MaskDict]
+
+
+def _render_task(task: tuple[Any, ...]) -> RenderResult:
+    """Render and write one image; return its BBox_List rows (in the 1,024 space) and
+    its boxed lesions' exact masks (cropped to their boxes; none without boxes)."""
     out, name, index, patient, findings, want_boxes, size, seed, difficulty = task
-    img, boxes = render(size, seed, index, patient, findings, difficulty)
+    img, boxes, masks = render_with_masks(size, seed, index, patient, findings, difficulty)
     path = Path(out) / "images" / name
     tmp = path.with_name(f".{name}.tmp")
     Image.fromarray(img, mode="L").save(tmp, format="PNG")
     os.replace(tmp, path)
-    rows = []
+    rows: list[BoxRow] = []
+    crops: MaskDict = {}
     if want_boxes:
         k = RELEASE_SIZE / size
         for f in BOXED_FINDINGS:
@@ -202,7 +215,78 @@ def _render_task(task: tuple[Any, ...]) -> list[tuple[str, str, float, float, fl
                 rows.append(
                     (name, BOX_LABEL.get(f, f), x0 * k, y0 * k, (x1 - x0) * k, (y1 - y0) * k)
                 )
-    return rows
+                crops[f] = (boxes[f], masks[f][y0:y1, x0:x1])
+    return rows, crops
+
+
+def _write_masks(path: Path, names: Sequence[str], masks: Sequence[MaskDict]) -> None:
+    """Every boxed lesion's mask into one ``.npz`` (atomic): ``<image>|<finding>`` holds
+    the mask cropped to its box, ``<image>|<finding>|box`` the box (x0, y0, x1, y1)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, per_image in zip(names, masks, strict=True):
+        for f, (box, crop) in per_image.items():
+            arrays[f"{name}|{f}"] = crop
+            arrays[f"{name}|{f}|box"] = np.asarray(box, dtype=np.int32)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+class LesionMasks:
+    """The exact pixel masks of a phantom's boxed lesions (``lesion_masks.npz``).
+
+    Calling it, ``masks(image, finding, size)``, gives the bool ``(size, size)`` mask of
+    that lesion at a model's input size (None when the image has no such box). The
+    phantom's ``(P, P)`` mask is resized by area averaging (PIL ``BOX``, as the images'
+    antialiased resize) and thresholded at 1/2; a lesion too small to fill half a pixel
+    keeps its pixel of largest overlap, so no boxed lesion vanishes.
+
+    Raises:
+        FileNotFoundError: ``root`` has no masks file (not a phantom, or made by an
+            older version: regenerate it with ``imbalens synth``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        path = Path(root) / MASKS
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: lesion masks exist only for a phantom made by "
+                "imbalens.data.synth.generate (regenerate it with `imbalens synth`)"
+            )
+        manifest = read_manifest(root) or {}
+        with np.load(path) as z:
+            self._arrays = {k: z[k] for k in z.files}
+        self.size = int((manifest.get("parameters") or {}).get("size", 0)) or None
+
+    def full(self, image: str, finding: str) -> np.ndarray | None:
+        """The mask at the phantom's own resolution, or None."""
+        crop = self._arrays.get(f"{image}|{finding}")
+        if crop is None:
+            return None
+        x0, y0, x1, y1 = (int(v) for v in self._arrays[f"{image}|{finding}|box"])
+        if self.size is None:
+            raise ValueError(f"{MANIFEST} gives no phantom size: regenerate the phantom")
+        mask = np.zeros((self.size, self.size), dtype=bool)
+        mask[y0:y1, x0:x1] = crop
+        return mask
+
+    def __call__(self, image: str, finding: str, size: int | None = None) -> np.ndarray | None:
+        mask = self.full(image, finding)
+        if mask is None or size is None or size == mask.shape[0]:
+            return mask
+        area = np.asarray(
+            Image.fromarray(mask.astype(np.float32), mode="F").resize((size, size), Image.BOX)
+        )
+        out = area >= 0.5
+        if not out.any() and area.max() > 0:
+            out.flat[int(area.argmax())] = True
+        return out
+
+
+def lesion_mask(
+    root: str | os.PathLike[str], image: str, finding: str, size: int | None = None
+) -> np.ndarray | None:
+    """One lesion's exact mask (see :class:`LesionMasks`; loads the file each call)."""
+    return LesionMasks(root)(image, finding, size)
 
 
 def code_digest() -> str:
@@ -223,6 +307,191 @@ def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
         return json.loads(p.read_text())
     except json.JSONDecodeError:
         return None
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """Everything drawn from the phantom's label/split generator ``(seed, 0)``."""
+
+    pid: np.ndarray
+    fu: np.ndarray
+    patients: np.ndarray
+    is_test: np.ndarray
+    labels: np.ndarray
+    ages0: np.ndarray
+    sex: np.ndarray
+    views: np.ndarray
+    orig: np.ndarray
+    spacing: np.ndarray
+    names: list[str]
+
+    @property
+    def findings(self) -> list[tuple[str, ...]]:
+        return [tuple(np.asarray(FINDINGS)[row].tolist()) for row in self.labels]
+
+
+def _parameters(
+    n_images: int,
+    size: int,
+    seed: int,
+    prevalence: str | float,
+    difficulty: float,
+    boxes: str,
+    test_fraction: float,
+) -> dict[str, Any]:
+    """Validate :func:`generate`'s arguments; return them as the manifest's parameters."""
+    if n_images < 2:
+        raise ValueError(f"n_images must be >= 2, got {n_images}")
+    if size < 16:
+        raise ValueError(f"size must be >= 16 px, got {size}")
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must lie in [0, 1], got {difficulty}")
+    if boxes not in ("test", "all"):
+        raise ValueError(f"boxes must be 'test' or 'all', got {boxes!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    label_probabilities(prevalence)  # validates
+    return {
+        "n_images": int(n_images),
+        "size": int(size),
+        "seed": int(seed),
+        "prevalence": prevalence,
+        "difficulty": float(difficulty),
+        "boxes": boxes,
+        "test_fraction": float(test_fraction),
+    }
+
+
+def _is_current(old: dict[str, Any] | None, params: dict[str, Any], out: Path) -> bool:
+    """Whether the manifest ``old`` is that of a complete phantom made with ``params``
+    by this code (version and digest), and its lesion masks are there."""
+    return (
+        old is not None
+        and old.get("version") == VERSION
+        and old.get("code") == code_digest()
+        and old.get("parameters") == params
+        and (out / MASKS).is_file()
+    )
+
+
+def _draw(n_images: int, seed: int, prevalence: str | float, test_fraction: float) -> _Draw:
+    """Patients, split, labels and metadata, in the generator's fixed order."""
+    rng = rng_for(seed, 0)
+    pid, fu = _patients(n_images, rng)
+    patients = np.unique(pid)
+    n_test = min(max(1, round(test_fraction * patients.size)), patients.size - 1)
+    test_patients = set(rng.permutation(patients)[:n_test].tolist())
+    is_test = np.array([p in test_patients for p in pid])
+    labels = sample_labels(n_images, rng, prevalence)
+    _force_cover(labels, [np.flatnonzero(~is_test), np.flatnonzero(is_test)], rng)
+    ages0 = np.clip(rng.normal(47, 17, patients.size), 1, 94).astype(int)
+    sex = np.where(rng.random(patients.size) < 0.56, "M", "F")
+    views = np.where(rng.random(n_images) < 0.4, "AP", "PA")
+    orig = rng.integers(len(ORIGINAL_SIZES), size=n_images)
+    spacing = rng.integers(len(PIXEL_SPACINGS), size=n_images)
+    names = [f"{p:08d}_{f:03d}.png" for p, f in zip(pid, fu, strict=True)]
+    return _Draw(pid, fu, patients, is_test, labels, ages0, sex, views, orig, spacing, names)
+
+
+def _remove_stale(images: Path, keep: set[str]) -> None:
+    """Delete everything in ``images`` whose name is not in ``keep``."""
+    for stale in images.iterdir():
+        if stale.name not in keep:
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+
+
+def _render_all(
+    out: Path, dr: _Draw, params: dict[str, Any], workers: int | None
+) -> list[RenderResult]:
+    """Render and write every image (a process pool unless ``workers == 1``)."""
+    n_images, size, seed = params["n_images"], params["size"], params["seed"]
+    findings = dr.findings
+    tasks = [
+        (
+            str(out),
+            dr.names[i],
+            i,
+            int(dr.pid[i]),
+            findings[i],
+            params["boxes"] == "all" or bool(dr.is_test[i]),
+            size,
+            seed,
+            params["difficulty"],
+        )
+        for i in range(n_images)
+    ]
+    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    t0 = time.perf_counter()
+    if workers == 1:
+        results = [_render_task(t) for t in tasks]
+    else:
+        with get_context("spawn").Pool(workers) as pool:
+            results = pool.map(
+                _render_task, tasks, chunksize=max(1, min(64, n_images // (4 * workers)))
+            )
+    log.info(
+        "rendered %d images (%d px) in %.1f s with %d workers",
+        n_images,
+        size,
+        time.perf_counter() - t0,
+        workers,
+    )
+    return results
+
+
+def _write_tables(out: Path, dr: _Draw, box_rows: Sequence[Sequence[BoxRow]]) -> int:
+    """Data_Entry_2017.csv, BBox_List_2017.csv and the split lists; returns the box count."""
+    entry = [DATA_ENTRY_HEADER]
+    findings = dr.findings
+    for i, name in enumerate(dr.names):
+        w, h = ORIGINAL_SIZES[dr.orig[i]]
+        sp = PIXEL_SPACINGS[dr.spacing[i]]
+        lab = "|".join(findings[i]) or NO_FINDING
+        p = dr.pid[i]
+        age = min(int(dr.ages0[p - 1] + dr.fu[i] // 4), 95)
+        entry.append(f"{name},{lab},{dr.fu[i]},{p},{age},{dr.sex[p - 1]},{dr.views[i]},{w},{h},{sp},{sp}")
+    atomic_write_text(out / "Data_Entry_2017.csv", "\n".join(entry) + "\n")
+    bbox = [BBOX_HEADER] + [
+        f"{n},{f},{x:.6f},{y:.6f},{w:.6f},{h:.6f}" for rows in box_rows for n, f, x, y, w, h in rows
+    ]
+    atomic_write_text(out / "BBox_List_2017.csv", "\n".join(bbox) + "\n")
+    for listing, want in (("train_val_list.txt", False), ("test_list.txt", True)):
+        chosen = sorted(n for n, t in zip(dr.names, dr.is_test, strict=True) if t == want)
+        atomic_write_text(out / listing, "\n".join(chosen) + "\n")
+    return len(bbox) - 1
+
+
+def _manifest(
+    dr: _Draw, params: dict[str, Any], n_boxes: int, box_rows: Sequence[Sequence[BoxRow]]
+) -> dict[str, Any]:
+    """The phantom's manifest: format, version, code digest, parameters and counts."""
+    labels = dr.labels
+
+    def counts(rows: np.ndarray) -> dict[str, int]:
+        c = {NO_FINDING: int((~labels[rows].any(axis=1)).sum())}
+        c.update({f: int(labels[rows, k].sum()) for k, f in enumerate(FINDINGS)})
+        return c
+
+    n_test = int(dr.is_test.sum())
+    return {
+        "format": "imbalens-phantom",
+        "version": VERSION,
+        "code": code_digest(),
+        "parameters": params,
+        "counts": {
+            "images": params["n_images"],
+            "patients": int(dr.patients.size),
+            "train_val_images": len(dr.names) - n_test,
+            "test_images": n_test,
+            "boxes": n_boxes,
+            "boxed_images": sum(1 for rows in box_rows if rows),
+            "labels_train_val": counts(np.flatnonzero(~dr.is_test)),
+            "labels_test": counts(np.flatnonzero(dr.is_test)),
+        },
+    }
 
 
 def generate(
@@ -262,136 +531,22 @@ def generate(
     Raises:
         ValueError: for out-of-range arguments.
     """
-    if n_images < 2:
-        raise ValueError(f"n_images must be >= 2, got {n_images}")
-    if size < 16:
-        raise ValueError(f"size must be >= 16 px, got {size}")
-    if not 0.0 <= difficulty <= 1.0:
-        raise ValueError(f"difficulty must lie in [0, 1], got {difficulty}")
-    if boxes not in ("test", "all"):
-        raise ValueError(f"boxes must be 'test' or 'all', got {boxes!r}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    label_probabilities(prevalence)  # validates
+    params = _parameters(n_images, size, seed, prevalence, difficulty, boxes, test_fraction)
     out = Path(out)
-    params = {
-        "n_images": int(n_images),
-        "size": int(size),
-        "seed": int(seed),
-        "prevalence": prevalence,
-        "difficulty": float(difficulty),
-        "boxes": boxes,
-        "test_fraction": float(test_fraction),
-    }
     old = read_manifest(out)
-    if (
-        not overwrite
-        and old is not None
-        and old.get("version") == VERSION
-        and old.get("code") == code_digest()
-        and old.get("parameters") == params
-    ):
+    if not overwrite and _is_current(old, params, out):
         log.info("phantom in %s is complete (phantom.json matches); kept", out)
-        return old
+        return old  # type: ignore[return-value]
     (out / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is back
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-
-    rng = rng_for(seed, 0)
-    pid, fu = _patients(n_images, rng)
-    patients = np.unique(pid)
-    n_test = min(max(1, round(test_fraction * patients.size)), patients.size - 1)
-    test_patients = set(rng.permutation(patients)[:n_test].tolist())
-    is_test = np.array([p in test_patients for p in pid])
-    labels = sample_labels(n_images, rng, prevalence)
-    _force_cover(labels, [np.flatnonzero(~is_test), np.flatnonzero(is_test)], rng)
-    ages0 = np.clip(rng.normal(47, 17, patients.size), 1, 94).astype(int)
-    sex = np.where(rng.random(patients.size) < 0.56, "M", "F")
-    views = np.where(rng.random(n_images) < 0.4, "AP", "PA")
-    orig = rng.integers(len(ORIGINAL_SIZES), size=n_images)
-    spacing = rng.integers(len(PIXEL_SPACINGS), size=n_images)
-    names = [f"{p:08d}_{f:03d}.png" for p, f in zip(pid, fu, strict=True)]
-
-    keep = set(names)
-    for stale in images.iterdir():
-        if stale.name not in keep:
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
-
-    findings = [tuple(np.asarray(FINDINGS)[row].tolist()) for row in labels]
-    tasks = [
-        (
-            str(out),
-            names[i],
-            i,
-            int(pid[i]),
-            findings[i],
-            boxes == "all" or bool(is_test[i]),
-            size,
-            seed,
-            difficulty,
-        )
-        for i in range(n_images)
-    ]
-    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    t0 = time.perf_counter()
-    if workers == 1:
-        box_rows = [_render_task(t) for t in tasks]
-    else:
-        with get_context("spawn").Pool(workers) as pool:
-            box_rows = pool.map(
-                _render_task, tasks, chunksize=max(1, min(64, n_images // (4 * workers)))
-            )
-    log.info(
-        "rendered %d images (%d px) in %.1f s with %d workers",
-        n_images,
-        size,
-        time.perf_counter() - t0,
-        workers,
-    )
-
-    entry = [DATA_ENTRY_HEADER]
-    for i, name in enumerate(names):
-        w, h = ORIGINAL_SIZES[orig[i]]
-        sp = PIXEL_SPACINGS[spacing[i]]
-        lab = "|".join(findings[i]) or NO_FINDING
-        age = min(int(ages0[pid[i] - 1] + fu[i] // 4), 95)
-        entry.append(
-            f"{name},{lab},{fu[i]},{pid[i]},{age},{sex[pid[i] - 1]},{views[i]},{w},{h},{sp},{sp}"
-        )
-    atomic_write_text(out / "Data_Entry_2017.csv", "\n".join(entry) + "\n")
-    bbox = [BBOX_HEADER] + [
-        f"{n},{f},{x:.6f},{y:.6f},{w:.6f},{h:.6f}" for rows in box_rows for n, f, x, y, w, h in rows
-    ]
-    atomic_write_text(out / "BBox_List_2017.csv", "\n".join(bbox) + "\n")
-    test_names = sorted(n for n, t in zip(names, is_test, strict=True) if t)
-    train_names = sorted(n for n, t in zip(names, is_test, strict=True) if not t)
-    atomic_write_text(out / "train_val_list.txt", "\n".join(train_names) + "\n")
-    atomic_write_text(out / "test_list.txt", "\n".join(test_names) + "\n")
-
-    def counts(rows: np.ndarray) -> dict[str, int]:
-        c = {NO_FINDING: int((~labels[rows].any(axis=1)).sum())}
-        c.update({f: int(labels[rows, k].sum()) for k, f in enumerate(FINDINGS)})
-        return c
-
-    manifest = {
-        "format": "imbalens-phantom",
-        "version": VERSION,
-        "code": code_digest(),
-        "parameters": params,
-        "counts": {
-            "images": n_images,
-            "patients": int(patients.size),
-            "train_val_images": len(train_names),
-            "test_images": len(test_names),
-            "boxes": len(bbox) - 1,
-            "boxed_images": sum(1 for rows in box_rows if rows),
-            "labels_train_val": counts(np.flatnonzero(~is_test)),
-            "labels_test": counts(np.flatnonzero(is_test)),
-        },
-    }
+    dr = _draw(n_images, seed, prevalence, test_fraction)
+    _remove_stale(images, set(dr.names))
+    results = _render_all(out, dr, params, workers)
+    box_rows = [rows for rows, _ in results]
+    n_boxes = _write_tables(out, dr, box_rows)
+    _write_masks(out / MASKS, dr.names, [m for _, m in results])
+    manifest = _manifest(dr, params, n_boxes, box_rows)
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imbalens.data.findings import BOXED_FINDINGS
 from imbalens.explain.cam import class_activation_maps
+from imbalens.explain.localization import column_names, localization_hook
 
 __all__ = [
     "BOX_MODES",
@@ -136,6 +137,7 @@ COLUMNS = ["image", "finding", "output", "iobb", "ior", "dead", "boxes"]
 def _batch_rows(
     cams: Tensor, batch: dict[str, Tensor], outputs: list[str], col: list[int], boxes: str,
     names: Sequence[str] | None, threshold: float | None = None,
+    exact: Callable[[str, str, int], Tensor | None] | None = None,
 ) -> list[dict[str, object]]:  # fmt: skip
     """Rows of one batch: ``cams`` (B, K', H, W); ``col[f]`` the CAM column of finding f."""
     has_box = batch["has_box"].bool()
@@ -149,17 +151,21 @@ def _batch_rows(
             for b in b_idx.tolist()
         ]
         outs = [outputs[0]] * len(found)
+        row_findings = [torch.nonzero(has_box[b]).flatten().tolist() for b in b_idx.tolist()]
     else:
         b_idx, f_idx = torch.nonzero(has_box, as_tuple=True)
         maps = cams[b_idx, torch.tensor([col[f] for f in f_idx.tolist()], dtype=torch.long)]
         masks = batch["box_mask"][b_idx, f_idx]
         found = [BOXED_FINDINGS[f] for f in f_idx.tolist()]
         outs = [outputs[f] for f in f_idx.tolist()]
+        row_findings = [[f] for f in f_idx.tolist()]
     if b_idx.numel() == 0:
         return []
     iobb = soft_iobb(maps, masks, threshold).tolist()
     ior = soft_ior(maps, masks, threshold).tolist()
     dead = (maps.double().sum((-2, -1)) == 0).tolist()
+    images = [names[index[b]] if names is not None else str(index[b]) for b in b_idx.tolist()]
+    extra = localization_hook(maps, masks, exact, images, row_findings)
     rows = []
     for n, b in enumerate(b_idx.tolist()):
         i = index[b]
@@ -172,6 +178,7 @@ def _batch_rows(
                 "ior": ior[n],
                 "dead": bool(dead[n]),
                 "boxes": boxes,
+                **{c: v[n] for c, v in extra.items()},
             }
         )
     return rows
@@ -188,6 +195,7 @@ def alignment_table(
     threshold: float | None = None,
     autocast: object | None = None,
     boxes: str = "auto",
+    exact: Callable[[str, str, int], Tensor | None] | None = None,
 ) -> pd.DataFrame:
     """One row per map: image, finding, output, iobb, ior, dead, boxes.
 
@@ -205,6 +213,10 @@ def alignment_table(
             around the forward pass, e.g. a bf16 autocast.
         threshold: None (soft metrics) or t (hard, ``[S >= t]``).
         boxes: ``auto`` | ``union`` | ``per_finding`` (:func:`resolve_boxes`).
+        exact: optional ``(image, finding, size) -> (S, S) bool mask`` of the lesion's
+            exact pixels (the phantom); adds the ``*_mask`` columns of
+            :func:`imbalens.explain.localization.alignment_columns` (a union map against
+            the union of its findings' masks).
     """
     boxes = resolve_boxes(boxes, task)
     outputs = [_output_for(f, class_names, task) for f in BOXED_FINDINGS]
@@ -220,9 +232,9 @@ def alignment_table(
         ctx = autocast() if autocast is not None else contextlib.nullcontext()
         with ctx:
             cams = class_activation_maps(model, images, classes=out_idx, normalise=normalise)
-        rows += _batch_rows(cams.float().cpu(), batch, outputs, col, boxes, names, threshold)
+        rows += _batch_rows(cams.float().cpu(), batch, outputs, col, boxes, names, threshold, exact)
     log.info("alignment: %d maps (%s)", len(rows), boxes)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=[*COLUMNS, *column_names(exact)])
 
 
 def summarise_alignment(df: pd.DataFrame) -> pd.DataFrame:

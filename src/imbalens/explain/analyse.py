@@ -44,7 +44,9 @@ from imbalens import runfolder as rf
 from imbalens.config import DEFAULTS
 from imbalens.data.findings import BOXED_FINDINGS
 from imbalens.explain.alignment import alignment_table, summarise_alignment
+from imbalens.explain.baselines import write_baselines
 from imbalens.explain.dissect import DISSECTION_MODES, default_q, dissect_model
+from imbalens.explain.localization import lesion_masks_of, summarise_localization
 from imbalens.io import atomic_write_text
 
 __all__ = [
@@ -106,7 +108,7 @@ def dissection_settings(a_cfg: dict[str, Any], image_size: int) -> dict[str, Any
     for key in ("threshold", "counting", "normalise", "floor_ties"):
         if a_cfg.get(key) is not None:
             kw[key] = a_cfg[key]
-    kw["upsample_to"] = image_size if a_cfg.get("upsample", True) else None
+    kw["upsample_to"] = "mask" if a_cfg.get("upsample", True) else None  # masks: image_size
     kw["connectivity"] = int(a_cfg.get("connectivity", 2))
     kw["box_cover"] = float(a_cfg.get("box_cover", 0.5))
     return kw
@@ -184,11 +186,16 @@ def align_model(
     st = _setup(model, data, cfg, device, limit)
     boxes = st.a_cfg["binary_boxes"] if data.task == "binary" else "auto"
     t0 = time.perf_counter()
+    exact = lesion_masks_of(data)  # the phantom's exact lesion masks (issue #9)
     table = alignment_table(
         model, st.dataset, data.class_names, data.task, int(st.a_cfg["batch_size"]),
-        st.device, autocast=st.autocast, boxes=boxes,
+        st.device, autocast=st.autocast, boxes=boxes, exact=exact,
     )  # fmt: skip
-    summary = summarise_alignment(table)
+    summary = summarise_alignment(table).merge(summarise_localization(table), on="finding")
+    seconds = {"alignment": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    write_baselines(model, cfg, data, st.dataset, table, folder.path, st.device, st.autocast)
+    seconds["baselines"] = time.perf_counter() - t1
     folder.path.mkdir(parents=True, exist_ok=True)
     _write_csv(table, folder.alignment)
     _write_csv(summary, folder.alignment_summary)
@@ -201,7 +208,7 @@ def align_model(
         "boxes": str(all_row["boxes"]),
         "iobb": float(all_row["iobb_mean"]),
         "ior": float(all_row["ior_mean"]),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
         "device": str(st.device),
         "precision": st.precision,
     }
@@ -300,7 +307,7 @@ def _combine(folder: rf.RunFolder) -> dict[str, Any] | None:
         return None
     align = json.loads(folder.alignment_done.read_text())
     concepts = json.loads(folder.concepts_done.read_text())
-    seconds = {"alignment": align["seconds"]}
+    seconds = dict(align["seconds"])
     seconds.update({f"concepts:{k}": v for k, v in concepts["seconds"].items()})
     result = {
         **{k: v for k, v in align.items() if k != "seconds"},

@@ -41,7 +41,7 @@ HIDE_RULES: dict[str, tuple[str, ...]] = {
     PARAMETERS_TAG: ("remove-cell",),
 }
 #: The grid's pages, in the order of the book's first part; methods is a static page.
-FRONT = ("results", "data", "methods")
+FRONT = ("results", "sensitivity", "data", "methods")
 STAGE_TITLES = {
     "train": "Training",
     "performance": "Performance",

@@ -68,7 +68,7 @@ from imbalens.study.notebooks import NotebookFailed, execute
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("train", "performance", "alignment", "concepts")
-PAGES: tuple[str, ...] = ("data", "results")
+PAGES: tuple[str, ...] = ("data", "results", "sensitivity")
 DEFAULT_RUN_ID = "{model.name}-{loss.name}-{data.task}-s{train.seed}"
 NIH_MINI_DEFAULT = REPO.parent / "shared" / "data" / "nih-mini"
 _TOP_KEYS = {"name", "base", "axes", "run_id", "stages", "phantom", "jobs", "description"}
@@ -605,10 +605,12 @@ def _run_pages(
             "grid_dir": str(grid_dir),
             "params_path": str(spec.path) if spec.path else "",
         },
+        "sensitivity": {"grid_dir": str(grid_dir)},
     }
     state = {
         "data": params["data"],
         "results": [params["results"], [(r.id, r.config_hash, r.status) for r in results]],
+        "sensitivity": [(r.id, r.config_hash, r.status) for r in results],
     }
     out: dict[str, StageResult] = {}
     with kernel_env(None):

@@ -1,0 +1,295 @@
+"""Sanity baselines for every alignment number: what a model that learned nothing scores.
+
+Adebayo et al., "Sanity checks for saliency maps" (NeurIPS 2018) show that a saliency
+method whose maps survive the destruction of the model's weights explains the
+architecture and the image, not what the model learned. Beside each trained run this
+module scores, on the same boxed images and with the same CAM
+(:mod:`imbalens.explain.alignment`, :mod:`imbalens.explain.localization`):
+
+- **untrained**: the same architecture at its random initialisation with the run's
+  ``train.seed`` (``torch.manual_seed(seed)`` then
+  :func:`imbalens.training.models.build_model`, as training starts);
+- **cascading randomisation**: the trained model with its top layers re-initialised,
+  from the head down (Adebayo et al. 2018, Sec. 3): level 1 re-draws the head, level 2
+  also the last block, ...; the layers of each level are named in :data:`CASCADE`;
+- **map baselines**, no model at all: a *uniform* map (soft IoBB = 1, soft IoR = the
+  box's area fraction, the two ends a diffuse map can reach) and a *centre prior*, an
+  isotropic Gaussian at the image centre with :math:`\\sigma = S/4`.
+
+A trained model's number "beats" a baseline when it is strictly larger (every metric
+here is higher-is-better); ``baselines.csv`` records each comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from imbalens import runfolder as rf
+from imbalens.data.findings import BOXED_FINDINGS
+from imbalens.explain.alignment import alignment_table, soft_iobb, soft_ior
+from imbalens.explain.localization import COLUMNS, gaussian_map, localization_metrics
+from imbalens.io import atomic_write_text
+
+__all__ = [
+    "CASCADE",
+    "METRICS",
+    "MAP_BASELINES",
+    "baseline_table",
+    "cascade_layers",
+    "compare_with_trained",
+    "map_baseline_table",
+    "randomise_layers",
+    "untrained_model",
+    "write_baselines",
+]
+
+log = logging.getLogger(__name__)
+
+CASCADE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "resnet50": (("fc",), ("layer4",), ("layer3",), ("layer2",)),
+    "t-densenet": (
+        ("classifier",),
+        ("features.norm5", "features.denseblock2"),
+        ("features.transition1", "features.denseblock1"),
+    ),
+}
+"""Cascading-randomisation levels per model, from the top: level k re-initialises the
+modules of the first k entries."""
+
+METRICS: tuple[str, ...] = ("iobb", "ior", *COLUMNS)
+"""Metrics compared with the baselines (all higher-is-better)."""
+
+
+def cascade_layers(model_name: str, levels: int) -> list[str]:
+    """Module names re-initialised at cascade level ``levels`` (>= 1) of ``model_name``.
+
+    Raises:
+        KeyError: a model without a cascade in :data:`CASCADE` (add its levels there).
+        ValueError: ``levels`` outside 1..len(levels of the model).
+    """
+    if model_name not in CASCADE:
+        raise KeyError(
+            f"no cascading-randomisation levels for model {model_name!r}; "
+            f"add them to imbalens.explain.baselines.CASCADE (known: {sorted(CASCADE)})"
+        )
+    steps = CASCADE[model_name]
+    if not 1 <= levels <= len(steps):
+        raise ValueError(f"cascade level {levels} outside 1..{len(steps)} for {model_name}")
+    return [name for step in steps[:levels] for name in step]
+
+
+def randomise_layers(model: nn.Module, layers: Sequence[str], seed: int = 0) -> nn.Module:
+    """A copy of ``model`` whose named sub-modules are re-initialised, the rest untouched.
+
+    Every sub-module with a ``reset_parameters`` method inside a named layer (Conv,
+    Linear, BatchNorm: weights and running statistics) is reset with PyTorch's default
+    initialisation, drawn under ``torch.manual_seed(seed)`` (the global RNG is restored).
+    """
+    new = copy.deepcopy(model)
+    named = dict(new.named_modules())
+    missing = [n for n in layers if n not in named]
+    if missing:
+        raise KeyError(
+            f"model has no modules {missing}; its top-level ones: {list(dict(new.named_children()))}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in layers:
+            for m in named[name].modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+    return new
+
+
+def untrained_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    """The run's architecture at random initialisation, seeded with ``train.seed``
+    (ImageNet or checkpoint weights are not loaded: this is the no-learning baseline)."""
+    from imbalens.training.models import build_model
+
+    m = cfg["model"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg["train"]["seed"]))
+        model = build_model(m["name"], num_classes, None, bool(m.get("zero_init_residual")))
+    return model.eval()
+
+
+def _all_boxes(dataset: Dataset, batch_size: int) -> Tensor:
+    masks = [
+        b["box_mask"][b["has_box"].bool()]
+        for b in DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    ]
+    return torch.cat(masks) if masks else torch.zeros(0, 1, 1, dtype=torch.bool)
+
+
+def _findings(dataset: Dataset, batch_size: int) -> list[str]:
+    out: list[str] = []
+    for b in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        _, f_idx = torch.nonzero(b["has_box"].bool(), as_tuple=True)
+        out += [BOXED_FINDINGS[f] for f in f_idx.tolist()]
+    return out
+
+
+MAP_BASELINES: dict[str, Callable[[int], Tensor]] = {
+    "uniform": lambda s: torch.ones(s, s, dtype=torch.float64),
+    "centre": lambda s: gaussian_map(s, s / 4.0),
+}
+"""Map baselines: name -> (S -> (S, S) map)."""
+
+
+def map_baseline_table(dataset: Dataset, batch_size: int = 32, chunk: int = 256) -> pd.DataFrame:
+    """Per-map metrics of each :data:`MAP_BASELINES` map against every box of
+    ``dataset``: columns baseline, finding, and :data:`METRICS`."""
+    masks = _all_boxes(dataset, batch_size)
+    findings = _findings(dataset, batch_size)
+    frames = []
+    for name, make in MAP_BASELINES.items():
+        base = make(int(masks.shape[-1]))
+        for lo in range(0, len(masks), chunk):
+            m = masks[lo : lo + chunk]
+            s = base.expand(m.shape)
+            cols = {"iobb": soft_iobb(s, m), "ior": soft_ior(s, m), **localization_metrics(s, m)}
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "baseline": name,
+                        "finding": findings[lo : lo + chunk],
+                        **{k: v.tolist() for k, v in cols.items()},
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and n of :data:`METRICS` by (baseline, layers, finding), plus finding "all"."""
+    keys = ["baseline", "layers"]
+    both = pd.concat([df, df.assign(finding="all")], ignore_index=True)
+    long = both.melt(id_vars=[*keys, "finding"], value_vars=list(METRICS), var_name="metric")
+    g = long.groupby([*keys, "finding", "metric"], sort=False)["value"]
+    return g.agg(value="mean", n="count").reset_index()
+
+
+def baseline_table(
+    model: nn.Module,
+    untrained: nn.Module | None,
+    dataset: Dataset,
+    class_names: Sequence[str],
+    task: str,
+    model_name: str,
+    levels: Sequence[int] = (1, 2),
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    autocast: object | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Summaries (long format) of the untrained, cascade-randomised and map baselines.
+
+    Returns:
+        ``(table, seconds)``: columns baseline, layers, finding, metric, value, n;
+        ``seconds`` per baseline.
+    """
+    models: list[tuple[str, str, nn.Module]] = []
+    if untrained is not None:
+        models.append(("untrained", "all", untrained))
+    for k in levels:
+        layers = cascade_layers(model_name, k)
+        models.append((f"randomised-{k}", "+".join(layers), randomise_layers(model, layers, seed)))
+    frames, seconds = [], {}
+    for name, layers, m in models:
+        t0 = time.perf_counter()
+        m = m.to(device).eval()
+        t = alignment_table(m, dataset, class_names, task, batch_size, device, autocast=autocast)
+        frames.append(t.assign(baseline=name, layers=layers))
+        seconds[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frames.append(map_baseline_table(dataset, batch_size).assign(layers="-"))
+    seconds["maps"] = time.perf_counter() - t0
+    return _summary(pd.concat(frames, ignore_index=True)), seconds
+
+
+def compare_with_trained(baselines: pd.DataFrame, trained: pd.DataFrame) -> pd.DataFrame:
+    """Add ``trained`` (the trained model's mean of the same metric and finding, from its
+    ``alignment.csv`` table) and ``beats`` (trained > baseline; empty where either is
+    undefined, e.g. Otsu on a uniform map) to a baseline summary."""
+    t = _summary(trained.assign(baseline="trained", layers="-"))
+    t = t.rename(columns={"value": "trained", "n": "trained_n"})[["finding", "metric", "trained"]]
+    out = baselines.merge(t, on=["finding", "metric"], how="left")
+    defined = out["trained"].notna() & out["value"].notna()
+    out["beats"] = (out["trained"] > out["value"]).astype("boolean").where(defined, pd.NA)
+    return out
+
+
+def write_baselines(
+    model: nn.Module,
+    cfg: dict[str, Any],
+    data: Any,
+    dataset: Dataset,
+    trained: pd.DataFrame,
+    out: Path,
+    device: str | torch.device = "cpu",
+    autocast: object | None = None,
+) -> dict[str, float]:
+    """:func:`baseline_table` of a run, compared with its ``trained`` alignment table,
+    written atomically to ``out/baselines.csv``; returns the seconds per baseline.
+
+    Settings: ``analysis.baselines`` (False: nothing is done),
+    ``analysis.cascade_levels`` (levels of :data:`CASCADE`, default [2]: head and last
+    block) and ``analysis.baseline_images`` (the first N boxed images, default 128, or
+    null for all; the trained model is compared on the same images).
+    """
+    a = cfg.get("analysis") or {}
+    if not a.get("baselines", True):
+        return {}
+    levels = [int(k) for k in a.get("cascade_levels", (2,))]
+    n = a.get("baseline_images", 128)
+    if n is not None and int(n) < len(dataset):  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(int(n)))
+    names = _names(dataset)
+    if names is not None:
+        trained = trained[trained["image"].isin(set(names))]
+    seed = int(cfg["train"]["seed"])
+    untrained = untrained_model(cfg, len(data.class_names))
+    table, seconds = baseline_table(
+        model,
+        untrained,
+        dataset,
+        data.class_names,
+        data.task,
+        cfg["model"]["name"],
+        levels=levels,
+        seed=seed,
+        batch_size=int(a.get("batch_size", 32)),
+        device=device,
+        autocast=autocast,
+    )
+    result = compare_with_trained(table, trained)
+    atomic_write_text(Path(out) / rf.BASELINES, result.to_csv(index=False))
+    not_beaten = result[(result["finding"] == "all") & result["beats"].eq(False).fillna(False)]
+    for row in not_beaten.itertuples(index=False):
+        log.info(
+            "trained %s %.3f does not beat %s (%.3f)",
+            row.metric,
+            row.trained,
+            row.baseline,
+            row.value,
+        )
+    return seconds
+
+
+def _names(dataset: Dataset) -> list[str] | None:
+    """Image names of a dataset or of nested ``Subset``s of one (None without names)."""
+    if isinstance(dataset, Subset):
+        inner = _names(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    names = getattr(dataset, "names", None)
+    return None if names is None else list(names)
