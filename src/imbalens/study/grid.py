@@ -116,7 +116,7 @@ def data_identity(root: str | os.PathLike[str] | None) -> dict[str, Any] | None:
         manifest = json.loads((Path(root) / rf.PHANTOM_MANIFEST).read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
-    if not isinstance(manifest, dict):
+    if not isinstance(manifest, dict) or manifest.get("complete") is False:
         return None
     return {k: manifest.get(k) for k in ("version", "code", "parameters")}
 
@@ -293,15 +293,18 @@ def ensure_phantom(root: str | os.PathLike[str], phantom: Mapping[str, Any]) -> 
     """Make the phantom at ``root`` match ``phantom`` (:func:`imbalens.data.synth.generate`).
 
     ``generate`` keeps a complete phantom with the same parameters and generator code and
-    rewrites any other. A root that holds real data (``Data_Entry_2017.csv`` without
-    ``phantom.json``) is never written to. Returns True when images were (re)written.
+    rewrites any other. A root that is neither empty nor a phantom's own (no
+    ``phantom.json``: real data, whatever its label file is called) is never written to:
+    it is used as it is. Returns True when images were (re)written.
     """
-    r = Path(root)
-    if (r / "Data_Entry_2017.csv").is_file() and not (r / rf.PHANTOM_MANIFEST).is_file():
-        log.info("data root %s holds real data (no phantom.json): not generating a phantom", r)
-        return False
-    from imbalens.data.synth import generate
+    from imbalens.data.synth import ForeignFolder, generate, refuse_foreign_folder
 
+    r = Path(root)
+    try:
+        refuse_foreign_folder(r)
+    except ForeignFolder:
+        log.info("data root %s holds files but no phantom.json: used as real data, no phantom", r)
+        return False
     before = data_identity(r)
     t0 = time.perf_counter()
     generate(r, **dict(phantom))
