@@ -68,3 +68,34 @@ def test_generate_writes_into_an_empty_folder_and_its_own(tmp_path: Path) -> Non
     assert m["counts"]["images"] == 12
     m2 = generate(out, n_images=14, size=16, workers=1)  # its own folder: rewritten
     assert m2["counts"]["images"] == 14
+
+
+def test_book_out_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    from imbalens.cli import main
+    from imbalens.study.book import BOOK_MARKER, BookError, assemble
+
+    grid = tmp_path / "runs" / "g"
+    grid.mkdir(parents=True)
+    mine = tmp_path / "DIR"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("three years of work")
+    (mine / "sub" / "notes.md").write_text("more")
+    before = tree_digest(mine)
+    with pytest.raises(BookError, match=r"refusing to use --out .*DIR.*thesis\.txt"):
+        assemble(grid, mine)
+    assert tree_digest(mine) == before
+    assert main(["book", str(grid), "--out", str(mine), "--no-build"]) == 1
+    assert tree_digest(mine) == before
+    # a new folder is claimed (marker) and may be rebuilt, its old pages removed
+    fresh = tmp_path / "BOOK"
+    try:
+        assemble(grid, fresh)
+    except BookError:
+        pass  # an empty grid has no notebook to show; the folder is still claimed
+    assert (fresh / BOOK_MARKER).is_file()
+    (fresh / "old-page.md").write_text("stale")
+    try:
+        assemble(grid, fresh)
+    except BookError:
+        pass
+    assert not (fresh / "old-page.md").exists()
