@@ -82,10 +82,21 @@ def notebooks(tmp_path: Path) -> Path:
     return d
 
 
+def tiny_root(tmp_path: Path) -> Path:
+    """A 12-image phantom (16 px): the grid checks its data root before anything runs."""
+    from imbalens.data.synth import generate
+
+    root = tmp_path / "data"
+    if not (root / "phantom.json").is_file():
+        generate(root, n_images=12, size=16, seed=0, workers=1)
+    return root
+
+
 def write_params(tmp_path: Path, **extra: object) -> Path:
+    root = str(tiny_root(tmp_path))
     raw = {
         "name": "fake",
-        "base": {"data": {"root": "somewhere/data", "image_size": 32}, "train": {"epochs": 1}},
+        "base": {"data": {"root": root, "image_size": 32}, "train": {"epochs": 1}},
         "axes": {"loss.name": ["bce", "focal"], "model.name": ["t-densenet"]},
         "run_id": "{model.name}-{loss.name}-s{train.seed}",
         "stages": ["train", "performance", "alignment"],
@@ -403,10 +414,8 @@ def test_book_assembles_toc_hides_parameters_and_builds(tmp_path: Path, notebook
 
 
 def test_a_regenerated_phantom_reruns_the_runs(tmp_path: Path, notebooks: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    manifest = {"version": 1, "code": "aaaa", "parameters": {"n_images": 10}, "counts": {}}
-    (data / "phantom.json").write_text(json.dumps(manifest))
+    data = tiny_root(tmp_path)
+    manifest = json.loads((data / "phantom.json").read_text())
     params = write_params(tmp_path, axes={"loss.name": ["bce"]}, stages=["train"])
     out = tmp_path / "runs"
     g = out / "fake"
