@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imbalens.config import ConfigError
 from imbalens.data.synth import ForeignFolder, generate
 from imbalens.study.grid import run_grid
 
@@ -53,10 +54,12 @@ def test_grid_with_phantom_block_never_overwrites_real_data(
     }
     params.write_text(yaml.safe_dump(raw))
     before = tree_digest(real_copy)
-    run_grid(
-        params, tmp_path / "runs", overrides=[f"data.root={real_copy}"], prepare_only=True,
-        progress=False,
-    )  # fmt: skip
+    # no phantom is written there; the pre-flight then names the missing label file
+    with pytest.raises(ConfigError, match=r"data\.root .*COPY.*Data_Entry_2017\.csv not found"):
+        run_grid(
+            params, tmp_path / "runs", overrides=[f"data.root={real_copy}"], prepare_only=True,
+            progress=False,
+        )  # fmt: skip
     assert tree_digest(real_copy) == before
     assert not (real_copy / "phantom.json").exists()
 

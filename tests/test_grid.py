@@ -52,6 +52,7 @@ if "{stage}" == "alignment" and (rd.parent / "hang.txt").exists():
 if "{stage}" == "train":  # like imbalens.training.train: rewrite config.yaml with an extra key
     cfg["train"]["added_by_training"] = True
     (rd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (rd / "metrics.json").write_text('{"auroc_mean": 0.5}')
 print("{stage} ok", cfg["loss"]["name"])
 """
 
@@ -307,6 +308,13 @@ def test_interrupt_leaves_no_outputs_and_resumes(tmp_path: Path, notebooks: Path
     assert not (run / "alignment.failed.ipynb").exists()
     assert not marker_path(run, "alignment").exists()
     assert not list(run.glob(".*.partial.ipynb"))
+    # grid.json names the stages this invocation finished as done, not pending
+    stages = json.loads((g / "grid.json").read_text())["runs"][0]["stages"]
+    assert {k: v["status"] for k, v in stages.items()} == {
+        "train": "done",
+        "performance": "done",
+        "alignment": "interrupted",
+    }
     # resume: only the interrupted stage runs
     (g / "interrupt.txt").unlink()
     (g / "calls.txt").unlink()
@@ -457,3 +465,25 @@ def test_kernel_manager_ipc_and_no_sigint_before_shutdown(monkeypatch: pytest.Mo
     km.shutting_down = False  # an interrupt asked for while running still goes through
     asyncio.run(km._async_interrupt_kernel())
     assert calls == [1]
+
+
+def test_corrupt_or_deleted_outputs_are_redone(tmp_path: Path, notebooks: Path) -> None:
+    params = write_params(tmp_path, axes={"loss.name": ["bce"]})
+    out = tmp_path / "runs"
+    g = out / "fake"
+    assert run_grid(params, out, notebook_dir=notebooks, pages=False, progress=False).ok
+    run = g / "resnet50-bce-s2022"
+    marker = json.loads(marker_path(run, "train").read_text())
+    assert set(marker["outputs"]) == {"train.ipynb", "metrics.json"}
+    (run / "metrics.json").write_text('{"auroc_mea')  # truncated: not trusted
+    (run / "alignment.ipynb").unlink()  # a deleted stage notebook
+    (g / "calls.txt").unlink()
+    rep = run_grid(params, out, notebook_dir=notebooks, pages=False, progress=False)
+    assert rep.ok
+    # train (metrics.json) and alignment are redone; performance read metrics.json, which
+    # train rewrote byte for byte, so its recorded checksum still holds
+    assert calls(g) == [f"{run.name} {s}" for s in ("train", "alignment")]
+    assert json.loads((run / "metrics.json").read_text()) == {"auroc_mean": 0.5}
+    (g / "calls.txt").unlink()
+    assert run_grid(params, out, notebook_dir=notebooks, pages=False, progress=False).ok
+    assert calls(g) == []

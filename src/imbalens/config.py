@@ -207,7 +207,8 @@ class Check:
 
     def describe(self) -> str:
         names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
-        text = " or ".join(names.get(k, k.__name__) for k in self.kinds)
+        kinds = [k for k in self.kinds if not (k is int and float in self.kinds)]
+        text = " or ".join(names.get(k, k.__name__) for k in kinds)
         return text + (" or null" if self.null else "")
 
 
