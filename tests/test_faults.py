@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +107,139 @@ def test_book_out_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     except BookError:
         pass
     assert not (fresh / "old-page.md").exists()
+
+
+# ----------------------------------------------------------------------------- helpers
+HANG_NB = """\
+# %% tags=["parameters"]
+run_dir = ""
+
+# %%
+import os, pathlib, time
+rd = pathlib.Path(run_dir)
+(rd / f"pid-{os.getpid()}").write_text("")
+if (rd.parent / "hang.txt").exists():
+    time.sleep(120)
+(rd / "metrics.json").write_text('{"auroc_mean": 0.5}')
+"""
+
+
+def tiny_grid(tmp_path: Path, **extra: object) -> Path:
+    root = tmp_path / "data"
+    if not (root / "phantom.json").is_file():
+        generate(root, n_images=12, size=16, seed=0, workers=1)
+    nb = tmp_path / "nb"
+    nb.mkdir(exist_ok=True)
+    (nb / "train.py").write_text(HANG_NB)
+    raw = {
+        "name": "g",
+        "base": {"data": {"root": str(root)}},
+        "axes": {"loss.name": ["bce", "wbce"]},
+        "stages": ["train"],
+    }
+    raw.update(extra)
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def nb_args(params: Path) -> dict[str, object]:
+    """run_grid keywords for the test's own notebooks (never the book's real ones)."""
+    return {"notebook_dir": params.parent / "nb", "pages": False, "progress": False}
+
+
+def grid_cli(params: Path, out: Path, *more: str) -> list[str]:
+    return [
+        sys.executable, "-m", "imbalens.cli", "grid", str(params), "--out", str(out),
+        "--notebooks", str(params.parent / "nb"), "--no-pages", *more,
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------ up-front validation
+BAD_INPUTS = [
+    (["--set", "train.lr=abc"], r"g\.yaml: train\.lr must be a number"),
+    (["--set", "train.batch_size=0"], r"g\.yaml: train\.batch_size must be >= 1"),
+    (["--set", "data.root=null"], r"g\.yaml: data\.root must not be null"),
+    (["--set", "data.root=/no/such/folder"], r"data\.root '/no/such/folder' is not a folder"),
+    (["--set", "model.name=vgg", "--dry-run"], r"g\.yaml: model\.name must be one of"),
+    (["--jobs", "0"], r"--jobs: must be a positive integer, got '0'"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_INPUTS, ids=[a[-1] for a, _ in BAD_INPUTS])
+def test_bad_grid_inputs_fail_up_front_naming_key_and_file(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    params = tiny_grid(tmp_path)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        grid_cli(params, tmp_path / "runs", *args), capture_output=True, text=True, timeout=60
+    )
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr
+    assert re.search(needle, proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert seconds < 5.0, f"{seconds:.1f} s"
+    assert not (tmp_path / "runs" / "g").exists()  # nothing ran, nothing was written
+
+
+def test_yaml_syntax_error_in_params_names_the_file(tmp_path: Path) -> None:
+    from imbalens.study.grid import load_params
+
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: x\naxes: {loss.name: [bce\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML: .*line \d+") as err:
+        load_params(p)
+    assert "<unicode string>" not in str(err.value)
+
+
+def test_cuda_without_gpu_is_refused_up_front(tmp_path: Path, monkeypatch) -> None:
+    import imbalens.config as config
+
+    monkeypatch.setattr(config, "_cuda_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"g\.yaml: train\.device is cuda but no GPU"):
+        params = tiny_grid(tmp_path)
+        run_grid(params, tmp_path / "runs", overrides=["train.device=cuda"], **nb_args(params))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden"])
+def test_grid_names_stay_inside_out(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="key 'name' must be a folder name"):
+        run_grid(tiny_grid(tmp_path, name=name), tmp_path / "runs" / "x", dry_run=True)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_ids_cannot_take_the_grids_own_folders(tmp_path: Path) -> None:
+    params = tiny_grid(tmp_path, run_id="_pages", axes={"loss.name": ["bce"]})
+    with pytest.raises(ConfigError, match="run id '_pages' would not be a plain folder"):
+        run_grid(params, tmp_path / "runs", dry_run=True)
+
+
+# ------------------------------------------------------------------------------- locks
+def test_a_second_grid_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    from imbalens.runfolder import GRID_LOCK, LockHeld, hold_lock
+
+    params = tiny_grid(tmp_path)
+    g = tmp_path / "runs" / "g"
+    with hold_lock(g / GRID_LOCK, what="imbalens grid g"):
+        with pytest.raises(LockHeld, match=rf"in use by pid {os.getpid()} on host"):
+            run_grid(params, tmp_path / "runs", **nb_args(params))
+    assert sorted(p.name for p in g.iterdir()) == [GRID_LOCK]  # nothing else written
+    assert run_grid(params, tmp_path / "runs", **nb_args(params)).ok  # freed
+
+
+def test_a_locked_run_is_left_alone(tmp_path: Path) -> None:
+    from imbalens.runfolder import RunFolder
+
+    params = tiny_grid(tmp_path)
+    out = tmp_path / "runs"
+    run_grid(params, out, prepare_only=True)
+    busy = RunFolder(out / "g" / "resnet50-bce-multilabel-s2022")
+    with busy.lock("imbalens train (test)"):
+        rep = run_grid(params, out, **nb_args(params))
+    status = {r.id: r.status for r in rep.runs}
+    assert status == {busy.path.name: "failed", "resnet50-wbce-multilabel-s2022": "done"}
+    failed = next(r for r in rep.runs if r.id == busy.path.name)
+    assert "imbalens train (test)" in (failed.stages["train"].error or "")
+    assert not busy.metrics.exists()  # nothing written into the locked run

@@ -914,6 +914,27 @@ def _mark_interrupted(results: dict[str, RunResult], plan: GridPlan) -> None:
                 rr.stages[s] = StageResult("interrupted")
 
 
+def _prepare_runs(plan: GridPlan, results: dict[str, RunResult]) -> None:
+    """Write each chosen run's folder under its lock; a run another process holds is
+    left untouched (never moved aside), marked failed and dropped from ``plan.chosen``."""
+    ready = []
+    for r in plan.chosen:
+        run_dir = plan.grid_dir / r.id
+        try:
+            with rf.RunFolder(run_dir).lock("imbalens grid: prepare"):
+                prepare_run_dir(run_dir, r.config, plan.grid_dir / rf.STALE_DIR, r.hash)
+        except rf.LockHeld as exc:
+            log.error("%s", exc)
+            rr = results[r.id]
+            rr.status = "failed"
+            rr.stages = {s: StageResult("not-run") for s in plan.stages}
+            if plan.stages:
+                rr.stages[plan.stages[0]] = StageResult("failed", error=str(exc))
+            continue
+        ready.append(r)
+    plan.chosen = ready
+
+
 def run_grid(
     params: str | os.PathLike[str] | GridSpec,
     out: str | os.PathLike[str] = "runs",
@@ -971,11 +992,8 @@ def run_grid(
         return report
     with rf.hold_lock(plan.grid_dir / rf.GRID_LOCK, what=f"imbalens grid {spec.name}"):
         _prepare_data(plan)
-        for r in plan.chosen:
-            with rf.RunFolder(plan.grid_dir / r.id).lock("imbalens grid: prepare"):
-                prepare_run_dir(
-                    plan.grid_dir / r.id, r.config, plan.grid_dir / rf.STALE_DIR, r.hash
-                )
+        _prepare_runs(plan, results)
+        report.runs = list(results.values())
         _write_grid_json(report, spec, started)
         if not prepare_only:
             _run_and_report(plan, results, report, started, pages, progress)
