@@ -243,3 +243,84 @@ def test_a_locked_run_is_left_alone(tmp_path: Path) -> None:
     failed = next(r for r in rep.runs if r.id == busy.path.name)
     assert "imbalens train (test)" in (failed.stages["train"].error or "")
     assert not busy.metrics.exists()  # nothing written into the locked run
+
+
+# ------------------------------------------------------------------ process faults
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc), kernels in their own sessions too."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_kill_9_of_a_jobs_2_grid_leaves_no_orphans_and_resumes(tmp_path: Path) -> None:
+    import signal
+
+    params = tiny_grid(tmp_path)
+    out = tmp_path / "runs"
+    g = out / "g"
+    g.mkdir(parents=True)
+    (g / "hang.txt").write_text("")
+    proc = subprocess.Popen(
+        grid_cli(params, out, "--jobs", "2"), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while len(list(g.glob("*/pid-*"))) < 2:  # both kernels are busy in their notebook
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    below = _descendants(proc.pid)
+    kernels = {int(p.name.split("-")[1]) for p in g.glob("*/pid-*")}
+    assert kernels <= below and len(below) >= 4  # 2 workers + 2 kernels (+ helpers)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while any(_alive(p) for p in below) and time.time() < deadline:
+        time.sleep(0.2)
+    orphans = [p for p in below if _alive(p)]
+    for p in orphans:  # never leave them to the next test
+        os.kill(p, signal.SIGKILL)
+    assert orphans == []
+    # the rerun takes the stale locks over and completes every run
+    (g / "hang.txt").unlink()
+    rep = run_grid(params, out, jobs=2, **nb_args(params))
+    assert rep.ok and {r.status for r in rep.runs} == {"done"}
+
+
+def test_corrupt_checkpoints_give_one_line_naming_the_file(tmp_path: Path) -> None:
+    import torch
+
+    from imbalens.training.checkpoint import CorruptCheckpoint, load_checkpoint, save_checkpoint
+
+    ckpt = tmp_path / "run" / "checkpoints"
+    save_checkpoint(ckpt / "last.pt", {"w": torch.arange(5000.0)})
+    data = (ckpt / "last.pt").read_bytes()
+    (ckpt / "last.pt").write_bytes(data[: len(data) // 2])
+    (ckpt / "best.pt").write_bytes(b"")
+    with pytest.raises(CorruptCheckpoint) as err:
+        load_checkpoint(ckpt / "last.pt")
+    msg = str(err.value)
+    assert "\n" not in msg and str(ckpt / "last.pt") in msg and "truncated or corrupt" in msg
+    assert f"rm {ckpt / 'last.pt'}" in msg
+    with pytest.raises(CorruptCheckpoint, match=r"best\.pt is empty .*delete it and last\.pt"):
+        load_checkpoint(ckpt / "best.pt")
