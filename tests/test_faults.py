@@ -324,3 +324,21 @@ def test_corrupt_checkpoints_give_one_line_naming_the_file(tmp_path: Path) -> No
     assert f"rm {ckpt / 'last.pt'}" in msg
     with pytest.raises(CorruptCheckpoint, match=r"best\.pt is empty .*delete it and last\.pt"):
         load_checkpoint(ckpt / "best.pt")
+
+
+def test_debris_of_killed_writers_is_removed_on_the_next_grid(tmp_path: Path) -> None:
+    from imbalens.runfolder import RunFolder
+
+    params = tiny_grid(tmp_path, axes={"loss.name": ["bce"]})
+    out = tmp_path / "runs"
+    run_grid(params, out, prepare_only=True)
+    run = RunFolder(out / "g" / "resnet50-bce-multilabel-s2022")
+    run.checkpoints.mkdir()
+    junk = [run.checkpoints / ".last.pt.k2j3.tmp", run.path / ".metrics.json.x1.tmp"]
+    junk.append(run.path / ".train.partial.ipynb")
+    for p in junk:
+        p.write_bytes(b"half")
+    (run.checkpoints / "last.pt").write_bytes(b"kept")
+    assert run_grid(params, out, **nb_args(params)).ok
+    assert not any(p.exists() for p in junk)
+    assert (run.checkpoints / "last.pt").read_bytes() == b"kept"

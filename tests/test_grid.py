@@ -368,6 +368,11 @@ def test_parallel_jobs(tmp_path: Path, notebooks: Path) -> None:
     params = write_params(tmp_path, stages=["train"])
     rep = run_grid(params, tmp_path / "runs", notebook_dir=notebooks, jobs=2, pages=False)
     assert rep.ok
+    # results depend on the thread count: each marker records the one its stage ran with
+    marker = json.loads(
+        marker_path(tmp_path / "runs" / "fake" / rep.runs[0].id, "train").read_text()
+    )
+    assert marker["threads"] == max(1, (os.cpu_count() or 1) // 2)
     assert sorted(calls(tmp_path / "runs" / "fake")) == [
         "t-densenet-bce-s2022 train",
         "t-densenet-focal-s2022 train",

@@ -914,6 +914,26 @@ def _mark_interrupted(results: dict[str, RunResult], plan: GridPlan) -> None:
                 rr.stages[s] = StageResult("interrupted")
 
 
+#: Temporary files of :mod:`imbalens.io` and of papermill left by a killed writer.
+DEBRIS_GLOBS = (".*.tmp", f"{rf.CHECKPOINTS}/.*.tmp", ".*.partial.ipynb")
+
+
+def remove_debris(run_dir: Path) -> list[Path]:
+    """Delete the half-written temporaries a kill left in ``run_dir`` (call under its lock).
+
+    Only names the project's own atomic writes use (``.<name>.<random>.tmp``, papermill's
+    ``.<stage>.partial.ipynb``) are removed, never a finished file. Returns what went.
+    """
+    gone = [p for g in DEBRIS_GLOBS for p in run_dir.glob(g) if p.is_file()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    if gone:
+        log.info(
+            "%s: removed %d temporary file(s) left by a killed process", run_dir.name, len(gone)
+        )
+    return gone
+
+
 def _prepare_runs(plan: GridPlan, results: dict[str, RunResult]) -> None:
     """Write each chosen run's folder under its lock; a run another process holds is
     left untouched (never moved aside), marked failed and dropped from ``plan.chosen``."""
@@ -923,6 +943,7 @@ def _prepare_runs(plan: GridPlan, results: dict[str, RunResult]) -> None:
         try:
             with rf.RunFolder(run_dir).lock("imbalens grid: prepare"):
                 prepare_run_dir(run_dir, r.config, plan.grid_dir / rf.STALE_DIR, r.hash)
+                remove_debris(run_dir)
         except rf.LockHeld as exc:
             log.error("%s", exc)
             rr = results[r.id]
