@@ -561,18 +561,21 @@ def run_stages(
     fails this run with a message naming the holder; nothing is written into it.
     """
     result = RunResult(run_id, str(run_dir), chash, {})
+
+    def one(stage: str) -> None:
+        if result.status == "failed":
+            res = StageResult("not-run")
+        else:
+            res = _one_stage(run_id, run_dir, chash, stage, notebook_dir, threads)
+            result.status = "failed" if res.status == "failed" else result.status
+        result.stages[stage] = res
+        if on_stage is not None:
+            on_stage(stage, res)
+
     try:
         with rf.RunFolder(run_dir).lock(f"imbalens grid: {run_id}"), kernel_env(threads):
             for stage in stages:
-                if result.status == "failed":
-                    res = StageResult("not-run")
-                else:
-                    res = _one_stage(run_id, run_dir, chash, stage, notebook_dir, threads)
-                    if res.status == "failed":
-                        result.status = "failed"
-                result.stages[stage] = res
-                if on_stage is not None:
-                    on_stage(stage, res)
+                one(stage)
     except rf.LockHeld as exc:
         log.error("%s", exc)
         result.stages = {s: StageResult("not-run") for s in stages}
