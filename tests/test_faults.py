@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -120,6 +121,10 @@ rd = pathlib.Path(run_dir)
 (rd / f"pid-{os.getpid()}").write_text("")
 if (rd.parent / "hang.txt").exists():
     time.sleep(120)
+if (rd.parent / "fill.txt").exists() and "wbce" in rd.name:  # a result too big for the disk
+    from imbalens.io import atomic_path
+    with atomic_path(rd / "big.bin") as tmp:
+        tmp.write_bytes(b"0" * 8_000_000)
 (rd / "metrics.json").write_text('{"auroc_mean": 0.5}')
 """
 
@@ -342,3 +347,31 @@ def test_debris_of_killed_writers_is_removed_on_the_next_grid(tmp_path: Path) ->
     assert run_grid(params, out, **nb_args(params)).ok
     assert not any(p.exists() for p in junk)
     assert (run.checkpoints / "last.pt").read_bytes() == b"kept"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_disk_full_fails_only_that_run_and_a_rerun_completes(tmp_path: Path) -> None:
+    params = tiny_grid(tmp_path)
+    out = tmp_path / "small"
+    out.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(out)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (out / "g").mkdir()
+        (out / "g" / "fill.txt").write_text("")
+        rep = run_grid(params, out, **nb_args(params))
+        status = {r.id: r.status for r in rep.runs}
+        assert status == {
+            "resnet50-bce-multilabel-s2022": "done",
+            "resnet50-wbce-multilabel-s2022": "failed",
+        }
+        full = out / "g" / "resnet50-wbce-multilabel-s2022"
+        assert "No space left on device" in (rep.runs[1].stages["train"].error or "")
+        assert not list(full.glob(".*.tmp")) and not (full / "big.bin").exists()
+        assert not (full / "train.stage.done").exists()
+        json.loads((out / "g" / "grid.json").read_text())  # intact
+        (out / "g" / "fill.txt").unlink()
+        rep = run_grid(params, out, **nb_args(params))
+        assert rep.ok and {r.status for r in rep.runs} == {"done"}
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)
