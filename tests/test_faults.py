@@ -375,3 +375,22 @@ def test_disk_full_fails_only_that_run_and_a_rerun_completes(tmp_path: Path) -> 
         assert rep.ok and {r.status for r in rep.runs} == {"done"}
     finally:
         subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+def test_only_dead_kernel_sockets_are_removed(tmp_path: Path, monkeypatch) -> None:
+    import socket
+
+    from imbalens.study.notebooks import remove_dead_kernel_sockets
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    dead = tmp_path / "kernel-0000-ipc-1"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(dead))  # closed without unlink: what a killed kernel leaves
+    live = tmp_path / "kernel-1111-ipc-1"
+    other = tmp_path / "kernel-2222.json"
+    other.write_text("{}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(live))
+        server.listen(1)
+        assert remove_dead_kernel_sockets() == [dead]
+        assert live.exists() and other.exists() and not dead.exists()

@@ -65,7 +65,12 @@ from imbalens.config import (
     yaml_problem,
 )
 from imbalens.paths import NOTEBOOK_DIR, REPO
-from imbalens.study.notebooks import NotebookFailed, die_with_parent, execute
+from imbalens.study.notebooks import (
+    NotebookFailed,
+    die_with_parent,
+    execute,
+    remove_dead_kernel_sockets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -1017,6 +1022,7 @@ def run_grid(
     with rf.hold_lock(plan.grid_dir / rf.GRID_LOCK, what=f"imbalens grid {spec.name}"):
         _prepare_data(plan)
         _prepare_runs(plan, results)
+        remove_dead_kernel_sockets()
         report.runs = list(results.values())
         _write_grid_json(report, spec, started)
         if not prepare_only:

@@ -152,6 +152,36 @@ def kernel_manager_class() -> type | None:
     return IPCKernelManager
 
 
+def remove_dead_kernel_sockets() -> list[Path]:
+    """Delete the IPC socket files (``kernel-*-ipc-*``) of kernels that no longer run.
+
+    A killed kernel leaves its sockets in Jupyter's runtime folder. A socket nobody
+    listens on refuses a connection (``ECONNREFUSED``), so only those are removed; a live
+    kernel's sockets accept and are kept. Returns the removed paths.
+    """
+    import socket
+    import stat
+
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    gone: list[Path] = []
+    for path in Path(jupyter_runtime_dir()).glob("kernel-*-ipc-*"):
+        try:
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink(missing_ok=True)
+            gone.append(path)
+        except OSError:
+            continue
+    if gone:
+        log.info("removed %d socket file(s) of killed kernels", len(gone))
+    return gone
+
+
 def _is_interrupt(exc: BaseException) -> bool:
     """True when a papermill failure was a KeyboardInterrupt inside the kernel."""
     return getattr(exc, "ename", None) == "KeyboardInterrupt"
