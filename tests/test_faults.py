@@ -188,6 +188,12 @@ def test_bad_grid_inputs_fail_up_front_naming_key_and_file(
     assert not (tmp_path / "runs" / "g").exists()  # nothing ran, nothing was written
 
 
+def test_null_root_with_a_phantom_block_is_a_clear_error(tmp_path: Path) -> None:
+    params = tiny_grid(tmp_path, phantom={"n_images": 12, "size": 16, "workers": 1})
+    with pytest.raises(ConfigError, match=r"g\.yaml: data\.root must not be null"):
+        run_grid(params, tmp_path / "runs", overrides=["data.root=null"], dry_run=True)
+
+
 def test_yaml_syntax_error_in_params_names_the_file(tmp_path: Path) -> None:
     from imbalens.study.grid import load_params
 

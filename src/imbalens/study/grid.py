@@ -814,6 +814,8 @@ def _phantom_roots(plan: GridPlan) -> list[str]:
 
     roots = []
     for root in dict.fromkeys(r.config["data"]["root"] for r in plan.chosen):
+        if not isinstance(root, str):  # validate_grid names it
+            continue
         try:
             refuse_foreign_folder(root)
         except ForeignFolder:
