@@ -400,3 +400,43 @@ def test_only_dead_kernel_sockets_are_removed(tmp_path: Path, monkeypatch) -> No
         server.listen(1)
         assert remove_dead_kernel_sockets() == [dead]
         assert live.exists() and other.exists() and not dead.exists()
+
+
+WRITER = """
+import sys, torch
+from imbalens.training.checkpoint import save_checkpoint
+torch.set_num_threads(1)
+step = 0
+print("ready", flush=True)
+while True:
+    step += 1
+    save_checkpoint(sys.argv[1], {"step": step, "w": torch.full((1_000_000,), float(step))})
+"""
+
+
+def test_kill_9_during_checkpoint_writes_never_corrupts_last_pt(tmp_path: Path) -> None:
+    import random
+    import signal
+
+    from imbalens.study.grid import remove_debris
+    from imbalens.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.pt"
+    rng = random.Random(0)
+    steps = []
+    for _ in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(last)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3 + rng.random() * 0.5)  # mid-write, most of the time
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if last.exists():
+            state = load_checkpoint(last)  # always a complete checkpoint
+            assert float(state["w"][0]) == state["step"] and float(state["w"][-1]) == state["step"]
+            steps.append(state["step"])
+    assert steps  # something was written
+    remove_debris(run)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
