@@ -529,7 +529,8 @@ def _execute_stage(
         kept = getattr(exc, "failed_path", None)
         log.error("%s / %s failed: %s%s", run_id, stage, exc, f" (see {kept})" if kept else "")
         return StageResult("failed", notebook=kept.name if kept else None, error=str(exc))
-    _mark(run_dir, stage, chash, ex.seconds, notebook=ex.output.name, threads=threads)
+    used = threads or os.environ.get("OMP_NUM_THREADS") or "torch default"
+    _mark(run_dir, stage, chash, ex.seconds, notebook=ex.output.name, threads=used)
     log.info("%s / %s done in %.1f s", run_id, stage, ex.seconds)
     return StageResult("done", ex.seconds, ex.output.name)
 
@@ -876,9 +877,11 @@ def _initial_results(plan: GridPlan) -> dict[str, RunResult]:
     return results
 
 
-def _threads(jobs: int) -> int:
-    """Intra-op threads per run: the cores shared by ``jobs`` runs (recorded in markers)."""
-    return max(1, (os.cpu_count() or 1) // jobs)
+def _threads(jobs: int) -> int | None:
+    """Intra-op threads per run: the cores shared by ``jobs`` runs; None (torch's default,
+    as before) for one job. Results depend on it at the 1e-3 level, so every stage
+    marker records it (``threads``); it is not in the config hash."""
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
 
 def _execute_runs(plan: GridPlan, results: dict[str, RunResult], on_result: Any, bar: Any) -> None:
@@ -1045,7 +1048,7 @@ def _run_and_report(
     """Execute the runs (grid.json rewritten after each), then the pages."""
     bar = _progress(len(plan.chosen) * len(plan.stages), progress)
     log.info(
-        "grid %s: %d of %d runs x %d stages, %d job(s), %d thread(s) each -> %s",
+        "grid %s: %d of %d runs x %d stages, %d job(s), threads each: %s -> %s",
         plan.spec.name, len(plan.chosen), len(plan.runs), len(plan.stages), plan.jobs,
         _threads(plan.jobs), plan.grid_dir,
     )  # fmt: skip
