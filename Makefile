@@ -56,5 +56,6 @@ bench: $(STAMP) ## CPU speed benchmark (fp32 vs bf16+channels_last, side by side
 cuda-check: $(STAMP) ## on a GPU machine: CUDA tests, AMP/fp16/NCCL/resume runs, GPU speed
 	PY=$(BIN)/python bash benchmarks/cuda_check.sh
 
-clean: ## remove runs, built book and caches (keeps .venv and data)
-	rm -rf runs _build book/_build .pytest_cache .ruff_cache
+CLEAN := runs _build book/_build .pytest_cache .ruff_cache
+clean: ## remove runs, built book and caches (keeps .venv and data); says what it removes
+	@for p in $(CLEAN); do if [ -e "$$p" ]; then echo "removing $$p ($$(du -sh "$$p" | cut -f1))"; rm -rf "$$p"; fi; done

@@ -65,3 +65,64 @@ def test_config_hash_is_stable_and_sensitive() -> None:
     b = merge_config()
     assert config_hash(a) == config_hash(b) and len(config_hash(a)) == 12
     assert config_hash(merge_config(overrides=["train.seed=1"])) != config_hash(a)
+
+
+# ----------------------------------------------------------------------- validate_config
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("train.lr=abc", r"train\.lr must be a number.*'abc'"),
+        ("train.batch_size=0", r"train\.batch_size must be >= 1, got 0"),
+        ("data.root=null", r"data\.root must not be null"),
+        ("model.name=vgg", r"model\.name must be one of resnet50, t-densenet; got 'vgg'"),
+        ("loss.name=dice", r"loss\.name must be one of"),
+        ("train.epochs=true", r"train\.epochs must be an integer, got True"),
+        ("analysis.q=1.5", r"analysis\.q must be <= 1.0"),
+        ("data.missing=drop", r"data\.missing must be one of error, skip"),
+    ],
+)
+def test_validate_config_names_the_key_and_the_file(
+    tmp_path: Path, override: str, needle: str
+) -> None:
+    from imbalens.config import validate_config
+
+    cfg = merge_config({"data": {"root": str(tmp_path)}}, overrides=[override])
+    with pytest.raises(ConfigError, match=needle) as err:
+        validate_config(cfg, "params/x.yaml")
+    assert str(err.value).startswith("params/x.yaml: ")
+    validate_config(merge_config({"data": {"root": str(tmp_path)}}), "ok.yaml")  # defaults pass
+
+
+def test_validate_config_paths_and_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imbalens.config as config
+
+    cfg = merge_config(overrides=[f"data.root={tmp_path / 'nope'}", "train.device=cuda"])
+    monkeypatch.setattr(config, "_cuda_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        config.validate_config(cfg, "c.yaml")
+    lines = str(err.value).splitlines()
+    assert any("data.root" in x and "is not a folder" in x for x in lines)
+    assert any("train.device is cuda but no GPU is visible" in x for x in lines)
+    config.validate_config(cfg | {"train": {**cfg["train"], "device": "cpu"}}, check_root=False)
+
+
+def test_schema_enums_match_the_registries() -> None:
+    from imbalens.config import LOSS_NAMES, MODEL_NAMES, PRECISIONS, SCHEMA
+    from imbalens.training.losses import LOSSES
+    from imbalens.training.models import MODELS
+    from imbalens.training.precision import DTYPES
+
+    assert set(MODEL_NAMES) == set(MODELS) and set(LOSS_NAMES) == set(LOSSES)
+    assert set(PRECISIONS) == set(DTYPES) | {"auto"}
+    leaves = {
+        f"{section}.{key}" for section, keys in DEFAULTS.items() for key in keys
+    }  # every default key has a check
+    assert leaves == set(SCHEMA)
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("train:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML: .* line \d+") as err:
+        load_config(p)
+    assert "<unicode string>" not in str(err.value)

@@ -291,3 +291,49 @@ def test_no_finding_option_is_ignored_for_binary(root: Path) -> None:
 def test_unknown_split(root: Path) -> None:
     with pytest.raises(ValueError, match="unknown split 'validation'"):
         load_nih(root).images("validation")
+
+
+# --------------------------------------------------------------------------- pre-flight
+
+
+def test_preflight_passes_a_good_root(root: Path) -> None:
+    from imbalens.data.nih import preflight
+
+    report = preflight(root)
+    assert report["images"] == len(load_nih(root).table)
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-40]), "truncated PNG"),
+        (lambda p: p.write_bytes(b""), "0 bytes: too short"),
+        (lambda p: p.write_bytes(b"GIF89a" + b"\0" * 100), "not a PNG"),
+    ],
+    ids=["truncated", "empty", "not-png"],
+)
+def test_preflight_names_every_bad_image_without_decoding(root: Path, damage, needle) -> None:
+    from imbalens.data.nih import preflight
+
+    victim = sorted((root / "images").glob("*.png"))[3]
+    damage(victim)
+    with pytest.raises(DataError, match=rf"1 of \d+ listed image\(s\).*{victim.name}: {needle}"):
+        preflight(root)
+
+
+@pytest.mark.parametrize("name", ["test_list.txt", "train_val_list.txt"])
+def test_an_empty_split_list_is_an_error_naming_it(root: Path, name: str) -> None:
+    from imbalens.data.nih import preflight
+
+    (root / name).write_text("\n")
+    with pytest.raises(DataError, match=rf"{name} lists no image"):
+        load_nih(root)
+    with pytest.raises(DataError, match=rf"{name} lists no image"):
+        preflight(root)
+
+
+def test_preflight_of_nih_mini_takes_seconds(nih_mini_root: Path) -> None:
+    from imbalens.data.nih import preflight
+
+    report = preflight(nih_mini_root)
+    assert report["images"] > 2000 and report["seconds"] < 10

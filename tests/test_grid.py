@@ -52,6 +52,7 @@ if "{stage}" == "alignment" and (rd.parent / "hang.txt").exists():
 if "{stage}" == "train":  # like imbalens.training.train: rewrite config.yaml with an extra key
     cfg["train"]["added_by_training"] = True
     (rd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (rd / "metrics.json").write_text('{"auroc_mean": 0.5}')
 print("{stage} ok", cfg["loss"]["name"])
 """
 
@@ -82,10 +83,21 @@ def notebooks(tmp_path: Path) -> Path:
     return d
 
 
+def tiny_root(tmp_path: Path) -> Path:
+    """A 12-image phantom (16 px): the grid checks its data root before anything runs."""
+    from imbalens.data.synth import generate
+
+    root = tmp_path / "data"
+    if not (root / "phantom.json").is_file():
+        generate(root, n_images=12, size=16, seed=0, workers=1)
+    return root
+
+
 def write_params(tmp_path: Path, **extra: object) -> Path:
+    root = str(tiny_root(tmp_path))
     raw = {
         "name": "fake",
-        "base": {"data": {"root": "somewhere/data", "image_size": 32}, "train": {"epochs": 1}},
+        "base": {"data": {"root": root, "image_size": 32}, "train": {"epochs": 1}},
         "axes": {"loss.name": ["bce", "focal"], "model.name": ["t-densenet"]},
         "run_id": "{model.name}-{loss.name}-s{train.seed}",
         "stages": ["train", "performance", "alignment"],
@@ -296,6 +308,13 @@ def test_interrupt_leaves_no_outputs_and_resumes(tmp_path: Path, notebooks: Path
     assert not (run / "alignment.failed.ipynb").exists()
     assert not marker_path(run, "alignment").exists()
     assert not list(run.glob(".*.partial.ipynb"))
+    # grid.json names the stages this invocation finished as done, not pending
+    stages = json.loads((g / "grid.json").read_text())["runs"][0]["stages"]
+    assert {k: v["status"] for k, v in stages.items()} == {
+        "train": "done",
+        "performance": "done",
+        "alignment": "interrupted",
+    }
     # resume: only the interrupted stage runs
     (g / "interrupt.txt").unlink()
     (g / "calls.txt").unlink()
@@ -349,6 +368,11 @@ def test_parallel_jobs(tmp_path: Path, notebooks: Path) -> None:
     params = write_params(tmp_path, stages=["train"])
     rep = run_grid(params, tmp_path / "runs", notebook_dir=notebooks, jobs=2, pages=False)
     assert rep.ok
+    # results depend on the thread count: each marker records the one its stage ran with
+    marker = json.loads(
+        marker_path(tmp_path / "runs" / "fake" / rep.runs[0].id, "train").read_text()
+    )
+    assert marker["threads"] == max(1, (os.cpu_count() or 1) // 2)
     assert sorted(calls(tmp_path / "runs" / "fake")) == [
         "t-densenet-bce-s2022 train",
         "t-densenet-focal-s2022 train",
@@ -403,10 +427,8 @@ def test_book_assembles_toc_hides_parameters_and_builds(tmp_path: Path, notebook
 
 
 def test_a_regenerated_phantom_reruns_the_runs(tmp_path: Path, notebooks: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    manifest = {"version": 1, "code": "aaaa", "parameters": {"n_images": 10}, "counts": {}}
-    (data / "phantom.json").write_text(json.dumps(manifest))
+    data = tiny_root(tmp_path)
+    manifest = json.loads((data / "phantom.json").read_text())
     params = write_params(tmp_path, axes={"loss.name": ["bce"]}, stages=["train"])
     out = tmp_path / "runs"
     g = out / "fake"
@@ -448,3 +470,25 @@ def test_kernel_manager_ipc_and_no_sigint_before_shutdown(monkeypatch: pytest.Mo
     km.shutting_down = False  # an interrupt asked for while running still goes through
     asyncio.run(km._async_interrupt_kernel())
     assert calls == [1]
+
+
+def test_corrupt_or_deleted_outputs_are_redone(tmp_path: Path, notebooks: Path) -> None:
+    params = write_params(tmp_path, axes={"loss.name": ["bce"]})
+    out = tmp_path / "runs"
+    g = out / "fake"
+    assert run_grid(params, out, notebook_dir=notebooks, pages=False, progress=False).ok
+    run = g / "resnet50-bce-s2022"
+    marker = json.loads(marker_path(run, "train").read_text())
+    assert set(marker["outputs"]) == {"train.ipynb", "metrics.json"}
+    (run / "metrics.json").write_text('{"auroc_mea')  # truncated: not trusted
+    (run / "alignment.ipynb").unlink()  # a deleted stage notebook
+    (g / "calls.txt").unlink()
+    rep = run_grid(params, out, notebook_dir=notebooks, pages=False, progress=False)
+    assert rep.ok
+    # train (metrics.json) and alignment are redone; performance read metrics.json, which
+    # train rewrote byte for byte, so its recorded checksum still holds
+    assert calls(g) == [f"{run.name} {s}" for s in ("train", "alignment")]
+    assert json.loads((run / "metrics.json").read_text()) == {"auroc_mean": 0.5}
+    (g / "calls.txt").unlink()
+    assert run_grid(params, out, notebook_dir=notebooks, pages=False, progress=False).ok
+    assert calls(g) == []

@@ -202,8 +202,8 @@ def test_interrupted_run_is_regenerated(tmp_path: Path) -> None:
     generate(out, n_images=20, size=32, seed=1, workers=1)
     assert _digest(out) == before
     (out / "images" / "00000001_000.png").write_bytes(b"junk")
-    # without its manifest it counts as interrupted and is rewritten
-    (out / "phantom.json").unlink()
+    # an interrupted generation leaves its stub manifest: the folder is still ours, rewritten
+    (out / "phantom.json").write_text('{"complete": false}')
     (out / "images" / "99999999_000.png").write_bytes(b"stale")
     generate(out, n_images=20, size=32, seed=1, workers=1)
     assert _digest(out) == before

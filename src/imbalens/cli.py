@@ -49,7 +49,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(importlib.import_module(args._module).cli(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).cli(args) or 0)
+    except Exception as exc:  # a handled condition: one line naming the file, no traceback
+        if f"{type(exc).__module__}.{type(exc).__qualname__}" not in HANDLED:
+            raise
+        logging.getLogger("imbalens").error("%s", exc)
+        return 2
+
+
+#: Errors whose message already names the file/key and the fix: shown without traceback.
+HANDLED = frozenset(
+    {
+        "imbalens.config.ConfigError",
+        "imbalens.data.nih.DataError",
+        "imbalens.data.synth.ForeignFolder",
+        "imbalens.runfolder.LockHeld",
+        "imbalens.training.checkpoint.CorruptCheckpoint",
+    }
+)
 
 
 if __name__ == "__main__":

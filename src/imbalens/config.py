@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +147,20 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        layer = yaml.safe_load(p.read_text()) or {}
+        try:
+            layer = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(layer, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
     return merge_config(layer, overrides=overrides)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line with the line/column, without ``"<unicode string>"``."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(what)
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -161,3 +172,136 @@ def config_hash(cfg: Mapping[str, Any]) -> str:
 def dump_config(cfg: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a resolved config as YAML, atomically."""
     atomic_write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
+
+
+# ------------------------------------------------------------------ validation
+#: Names accepted by the registries (``imbalens.training.models.MODELS``,
+#: ``imbalens.training.losses.LOSSES``, ``imbalens.training.precision.DTYPES``); kept
+#: here so that validating needs no torch import (tests check they match).
+MODEL_NAMES = ("resnet50", "t-densenet")
+LOSS_NAMES = ("bce", "wbce", "focal", "cbfocal")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+@dataclass(frozen=True)
+class Check:
+    """What one config key accepts: Python types, a closed range, a set of choices.
+
+    ``kinds`` are checked with ``isinstance`` (``bool`` is never an ``int`` here);
+    ``lo``/``hi`` bound numbers (``lo_open`` excludes ``lo``); ``choices`` is an enum;
+    ``null`` allows ``None``.
+    """
+
+    kinds: tuple[type, ...]
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    choices: tuple[Any, ...] | None = None
+    null: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not accepted, or None."""
+        if value is None:
+            return None if self.null else "must not be null"
+        if isinstance(value, bool) and bool not in self.kinds:
+            return f"must be {self.describe()}, got {value!r}"
+        if not isinstance(value, self.kinds):
+            return f"must be {self.describe()}, got {value!r} ({type(value).__name__})"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(map(str, self.choices))}; got {value!r}"
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return f"must be {'>' if self.lo_open else '>='} {self.lo}, got {value!r}"
+        if self.hi is not None and value > self.hi:
+            return f"must be <= {self.hi}, got {value!r}"
+        return None
+
+    def describe(self) -> str:
+        names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+        kinds = [k for k in self.kinds if not (k is int and float in self.kinds)]
+        text = " or ".join(names.get(k, k.__name__) for k in kinds)
+        return text + (" or null" if self.null else "")
+
+
+_INT, _NUM = (int,), (int, float)
+#: The schema registry: dotted key -> :class:`Check`. Keys absent here are free-form.
+SCHEMA: dict[str, Check] = {
+    "data.root": Check((str,)),
+    "data.task": Check((str,), choices=("multilabel", "binary")),
+    "data.include_no_finding": Check((bool,)),
+    "data.image_size": Check(_INT, lo=16, hi=4096),
+    "data.val_fraction": Check(_NUM, lo=0.0, hi=0.9),
+    "data.split_seed": Check(_INT, lo=0),
+    "data.missing": Check((str,), choices=("error", "skip")),
+    "data.cache": Check((bool,)),
+    "data.augment": Check((bool,)),
+    "model.name": Check((str,), choices=MODEL_NAMES),
+    "model.weights": Check((str,), null=True),
+    "model.zero_init_residual": Check((bool,)),
+    "loss.name": Check((str,), choices=LOSS_NAMES),
+    "loss.variant": Check((str,), choices=("paper", "official")),
+    "loss.hyper": Check((dict,)),
+    "train.epochs": Check(_INT, lo=1),
+    "train.batch_size": Check(_INT, lo=1),
+    "train.eval_batch_size": Check(_INT, lo=1),
+    "train.lr": Check(_NUM, lo=0.0, lo_open=True),
+    "train.weight_decay": Check(_NUM, lo=0.0),
+    "train.warmup_iters": Check(_INT, lo=0),
+    "train.warmup_ratio": Check(_NUM, lo=0.0, hi=1.0),
+    "train.min_lr_ratio": Check(_NUM, lo=0.0, hi=1.0),
+    "train.precision": Check((str,), choices=PRECISIONS),
+    "train.channels_last": Check((bool,)),
+    "train.workers": Check(_INT, lo=0),
+    "train.seed": Check(_INT, lo=0),
+    "train.max_steps_per_epoch": Check(_INT, lo=1, null=True),
+    "train.checkpoint_every_steps": Check(_INT, lo=1, null=True),
+    "train.sync_bn": Check((bool,)),
+    "train.device": Check((str,), choices=("auto", "cpu", "cuda")),
+    "train.progress": Check((str, bool), choices=("auto", "on", "off", True, False)),
+    "analysis.q": Check(_NUM, lo=0.0, hi=1.0, lo_open=True, null=True),
+    "analysis.threshold": Check((str,), choices=("dataset", "batch")),
+    "analysis.layer": Check((str,), null=True),
+    "analysis.upsample": Check((bool,)),
+    "analysis.connectivity": Check(_INT, choices=(1, 2)),
+    "analysis.normalise": Check((str,), choices=("images", "boxes")),
+    "analysis.batch_size": Check(_INT, lo=1),
+    "analysis.cache": Check((bool,)),
+}
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def validate_config(
+    cfg: Mapping[str, Any], source: str | os.PathLike[str] | None = None, check_root: bool = True
+) -> None:
+    """Check every value of a resolved config against :data:`SCHEMA`, before anything runs.
+
+    Types, ranges and enums come from the registry; ``data.root`` must name an existing
+    folder (unless ``check_root`` is False: the caller is about to make it), an absolute
+    ``model.weights`` an existing file, and ``train.device=cuda`` needs a visible GPU
+    (torch is imported only then). All problems are reported at once.
+
+    Raises:
+        ConfigError: one line per problem, each naming ``source`` and the key.
+    """
+    where = str(source) if source is not None else "<config>"
+    problems: list[str] = []
+    for key, check in SCHEMA.items():
+        cursor: Any = cfg
+        for part in key.split("."):
+            cursor = cursor.get(part) if isinstance(cursor, Mapping) else None
+        why = check.problem(cursor)
+        if why is not None:
+            problems.append(f"{where}: {key} {why}")
+    root, weights = cfg["data"].get("root"), cfg["model"].get("weights")
+    if check_root and isinstance(root, str) and not Path(root).expanduser().is_dir():
+        problems.append(f"{where}: data.root {root!r} is not a folder (set data.root=PATH)")
+    if isinstance(weights, str) and Path(weights).is_absolute() and not Path(weights).is_file():
+        problems.append(f"{where}: model.weights {weights!r} is not a file (or use imagenet)")
+    if cfg["train"].get("device") == "cuda" and not _cuda_available():
+        problems.append(f"{where}: train.device is cuda but no GPU is visible (use auto or cpu)")
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -304,9 +304,40 @@ def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
+        manifest = json.loads(p.read_text())
     except json.JSONDecodeError:
         return None
+    return None if isinstance(manifest, dict) and manifest.get("complete") is False else manifest
+
+
+class ForeignFolder(ValueError):
+    """The phantom's target folder holds files the phantom generator did not write."""
+
+
+def refuse_foreign_folder(out: str | os.PathLike[str]) -> None:
+    """Refuse to write a phantom into a folder that is neither empty nor a phantom's own.
+
+    A folder counts as the phantom's own when it holds ``phantom.json`` (written by
+    :func:`generate`, a stub while generating). Anything else, e.g. real NIH data whose
+    label file has another name, is never overwritten.
+
+    Raises:
+        ForeignFolder: naming the folder, some of its entries and how to proceed.
+    """
+    p = Path(out)
+    if not p.exists():
+        return
+    if not p.is_dir():
+        raise ForeignFolder(f"phantom target {p} is a file, not a folder; choose another --out")
+    entries = sorted(c.name for c in p.iterdir())
+    if not entries or MANIFEST in entries:
+        return
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise ForeignFolder(
+        f"refusing to write a phantom into {p}: it is not empty ({shown}) and holds no "
+        f"{MANIFEST}, so its files were not written by the phantom generator (real data?). "
+        f"Nothing was changed; choose an empty or new folder for the phantom"
+    )
 
 
 @dataclass(frozen=True)
@@ -530,14 +561,20 @@ def generate(
 
     Raises:
         ValueError: for out-of-range arguments.
+        ForeignFolder: ``out`` is neither empty nor a phantom (see
+            :func:`refuse_foreign_folder`).
     """
     params = _parameters(n_images, size, seed, prevalence, difficulty, boxes, test_fraction)
     out = Path(out)
+    refuse_foreign_folder(out)
     old = read_manifest(out)
     if not overwrite and _is_current(old, params, out):
         log.info("phantom in %s is complete (phantom.json matches); kept", out)
         return old  # type: ignore[return-value]
-    (out / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is back
+    # incomplete until the full manifest is back; the stub keeps the folder ours (a rerun
+    # after a kill may write into it again)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MANIFEST, json.dumps({"complete": False, "parameters": params}) + "\n")
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     dr = _draw(n_images, seed, prevalence, test_fraction)
@@ -583,6 +620,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def cli(args: argparse.Namespace) -> int:
     """Run ``imbalens synth``; prints where the phantom is and its counts."""
     t0 = time.perf_counter()
+    try:
+        refuse_foreign_folder(args.out)
+    except ForeignFolder as exc:
+        log.error("%s", exc)
+        return 2
     m = generate(
         args.out,
         n_images=args.images,

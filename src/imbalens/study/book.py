@@ -112,6 +112,33 @@ def _copy_notebook(src: Path, dest: Path, title_suffix: str | None, errors: list
     atomic_write_text(dest, nbformat.writes(nb))
 
 
+#: Written into every book folder ``assemble`` creates: only such a folder is emptied.
+BOOK_MARKER = ".imbalens-book"
+
+
+def _claim_book_dir(root: Path, default: bool) -> None:
+    """Create ``root`` or check that it is a book folder this command made before.
+
+    A non-empty folder without :data:`BOOK_MARKER` was not written by ``imbalens book``
+    and is never emptied (the default ``<grid>/_book`` lies in the grid's own folder).
+
+    Raises:
+        BookError: naming the folder and some of its entries.
+    """
+    if root.exists() and not root.is_dir():
+        raise BookError(f"--out {root} is a file, not a folder; choose a new folder")
+    entries = sorted(c.name for c in root.iterdir()) if root.is_dir() else []
+    if entries and BOOK_MARKER not in entries and not default:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise BookError(
+            f"refusing to use --out {root}: it is not empty ({shown}) and was not made by "
+            f"`imbalens book` (no {BOOK_MARKER}); nothing was deleted. Choose a new or "
+            f"empty folder"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / BOOK_MARKER, "made by `imbalens book`; emptied on every build\n")
+
+
 def assemble(
     grid_dir: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -121,7 +148,8 @@ def assemble(
 
     Args:
         grid_dir: ``runs/<grid>`` as written by :func:`imbalens.study.grid.run_grid`.
-        out: the book folder (default ``<grid_dir>/_book``); emptied first.
+        out: the book folder (default ``<grid_dir>/_book``); emptied first when
+            ``imbalens book`` made it, refused when it is another non-empty folder.
         repo: where ``_config.yml`` and ``book/`` are read from.
 
     Raises:
@@ -132,8 +160,10 @@ def assemble(
     if not g.is_dir():
         raise BookError(f"grid folder {g} does not exist; run `imbalens grid PARAMS.yaml` first")
     root = Path(out).resolve() if out is not None else g / "_book"
-    root.mkdir(parents=True, exist_ok=True)
+    _claim_book_dir(root, default=out is None)
     for child in root.iterdir():  # a fresh book: no page of an older grid state lingers
+        if child.name == BOOK_MARKER:
+            continue
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     cfg = yaml.safe_load((repo / "_config.yml").read_text()) or {}

@@ -61,9 +61,16 @@ from imbalens.config import (
     dump_config,
     merge_config,
     parse_override,
+    validate_config,
+    yaml_problem,
 )
 from imbalens.paths import NOTEBOOK_DIR, REPO
-from imbalens.study.notebooks import NotebookFailed, execute
+from imbalens.study.notebooks import (
+    NotebookFailed,
+    die_with_parent,
+    execute,
+    remove_dead_kernel_sockets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +123,7 @@ def data_identity(root: str | os.PathLike[str] | None) -> dict[str, Any] | None:
         manifest = json.loads((Path(root) / rf.PHANTOM_MANIFEST).read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
-    if not isinstance(manifest, dict):
+    if not isinstance(manifest, dict) or manifest.get("complete") is False:
         return None
     return {k: manifest.get(k) for k in ("version", "code", "parameters")}
 
@@ -141,7 +148,7 @@ def parse_params(raw: Any, path: Path | None = None) -> GridSpec:
             f"(known: {', '.join(sorted(_TOP_KEYS))})"
         )
     name = raw.get("name") or (path.stem if path is not None else None)
-    if not name or not re.fullmatch(r"[A-Za-z0-9._-]+", str(name)):
+    if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name)):
         raise ConfigError(f"{where}: key 'name' must be a folder name like 'quick', got {name!r}")
     base = raw.get("base") or {}
     if not isinstance(base, dict):
@@ -181,7 +188,7 @@ def load_params(path: str | os.PathLike[str]) -> GridSpec:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML: {yaml_problem(exc)}") from None
     return parse_params(raw, p.resolve())
 
 
@@ -293,15 +300,18 @@ def ensure_phantom(root: str | os.PathLike[str], phantom: Mapping[str, Any]) -> 
     """Make the phantom at ``root`` match ``phantom`` (:func:`imbalens.data.synth.generate`).
 
     ``generate`` keeps a complete phantom with the same parameters and generator code and
-    rewrites any other. A root that holds real data (``Data_Entry_2017.csv`` without
-    ``phantom.json``) is never written to. Returns True when images were (re)written.
+    rewrites any other. A root that is neither empty nor a phantom's own (no
+    ``phantom.json``: real data, whatever its label file is called) is never written to:
+    it is used as it is. Returns True when images were (re)written.
     """
-    r = Path(root)
-    if (r / "Data_Entry_2017.csv").is_file() and not (r / rf.PHANTOM_MANIFEST).is_file():
-        log.info("data root %s holds real data (no phantom.json): not generating a phantom", r)
-        return False
-    from imbalens.data.synth import generate
+    from imbalens.data.synth import ForeignFolder, generate, refuse_foreign_folder
 
+    r = Path(root)
+    try:
+        refuse_foreign_folder(r)
+    except ForeignFolder:
+        log.info("data root %s holds files but no phantom.json: used as real data, no phantom", r)
+        return False
     before = data_identity(r)
     t0 = time.perf_counter()
     generate(r, **dict(phantom))
@@ -334,23 +344,93 @@ class RunResult:
         return sum(s.seconds for s in self.stages.values())
 
 
+#: What each stage leaves in its run folder (checked when present at marking time) and
+#: the markers of the code it calls that must go for a redo to really recompute.
+STAGE_OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "train": ((rf.TRAIN_DONE, rf.METRICS, rf.METRICS_VAL, rf.HISTORY), (rf.TRAIN_DONE,)),
+    "performance": ((rf.METRICS,), ()),
+    "alignment": ((rf.ALIGNMENT, rf.ALIGNMENT_SUMMARY, rf.ANALYSIS_DONE), (rf.ANALYSIS_DONE,)),
+    "concepts": ((rf.CONCEPTS, rf.CONCEPTS_CHANNELS), (rf.ANALYSIS_DONE,)),
+}
+
+
 def marker_path(run_dir: Path, stage: str) -> Path:
     """The grid's done marker for ``stage`` in ``run_dir``."""
     return run_dir / rf.STAGE_MARKER.format(stage=stage)
 
 
-def stage_done(run_dir: Path, stage: str, chash: str) -> bool:
-    """True when ``stage``'s marker in ``run_dir`` holds ``chash``."""
-    m = marker_path(run_dir, stage)
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _parses(path: Path) -> bool:
+    """A JSON output must parse (a truncated ``metrics.json`` is not an output)."""
+    if path.suffix != ".json":
+        return True
     try:
-        return json.loads(m.read_text()).get("config_hash") == chash
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        json.loads(path.read_text())
+    except (OSError, ValueError):
         return False
+    return True
+
+
+def stage_outputs(run_dir: Path, stage: str, notebook: str | None) -> dict[str, str]:
+    """Checksums (sha256) of ``stage``'s executed notebook and of its outputs present now."""
+    names = list(STAGE_OUTPUTS.get(stage, ((), ()))[0])
+    if notebook:
+        names.insert(0, notebook)
+    return {n: _sha256(run_dir / n) for n in names if (run_dir / n).is_file()}
+
+
+def stage_problem(run_dir: Path, stage: str, chash: str) -> str | None:
+    """Why ``stage`` of ``run_dir`` is not done, or None when it is.
+
+    Done = the marker holds ``chash`` and every file it recorded still exists, parses
+    (JSON) and has the recorded sha256 (a deleted ``alignment.csv`` or a corrupt
+    ``metrics.json`` is redone, never trusted).
+    """
+    try:
+        marker = json.loads(marker_path(run_dir, stage).read_text())
+    except FileNotFoundError:
+        return "no marker"
+    except (OSError, ValueError):
+        return "unreadable marker"
+    if not isinstance(marker, dict) or marker.get("config_hash") != chash:
+        return "marker of another config"
+    for name, digest in (marker.get("outputs") or {}).items():
+        f = run_dir / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if not _parses(f) or _sha256(f) != digest:
+            return f"{name} is corrupt or changed"
+    return None
+
+
+def stage_done(run_dir: Path, stage: str, chash: str) -> bool:
+    """True when ``stage``'s marker holds ``chash`` and its recorded outputs verify."""
+    return stage_problem(run_dir, stage, chash) is None
+
+
+def _invalidate(run_dir: Path, stage: str, why: str) -> None:
+    """Remove a stage's marker and its code's own done markers, so that a redo recomputes."""
+    if why == "no marker":
+        return
+    log.warning("%s / %s: %s; redoing the stage", run_dir.name, stage, why)
+    marker_path(run_dir, stage).unlink(missing_ok=True)
+    for name in STAGE_OUTPUTS.get(stage, ((), ()))[1]:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _mark(run_dir: Path, stage: str, chash: str, seconds: float, **extra: Any) -> None:
     payload = {"stage": stage, "config_hash": chash, "seconds": round(seconds, 2)}
     payload.update(extra)
+    payload["outputs"] = stage_outputs(run_dir, stage, extra.get("notebook"))
     payload["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_text(marker_path(run_dir, stage), json.dumps(payload, indent=1) + "\n")
 
@@ -426,6 +506,50 @@ def kernel_env(threads: int | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _trained_outside(run_dir: Path, stage: str) -> bool:
+    return (
+        stage == "train"
+        and (run_dir / rf.TRAIN_DONE).is_file()
+        and not (run_dir / rf.NOTEBOOK.format(stage="train")).is_file()
+    )
+
+
+def _execute_stage(
+    run_id: str, run_dir: Path, chash: str, stage: str, notebook_dir: Path, threads: int | None
+) -> StageResult:
+    """Execute one stage's notebook and mark it done (with its outputs' checksums)."""
+    try:
+        ex = execute(
+            notebook_dir / f"{stage}.py",
+            run_dir / rf.NOTEBOOK.format(stage=stage),
+            {"run_dir": str(run_dir)},
+            cwd=run_dir,
+        )
+    except (NotebookFailed, FileNotFoundError, ValueError) as exc:
+        kept = getattr(exc, "failed_path", None)
+        log.error("%s / %s failed: %s%s", run_id, stage, exc, f" (see {kept})" if kept else "")
+        return StageResult("failed", notebook=kept.name if kept else None, error=str(exc))
+    used = threads or os.environ.get("OMP_NUM_THREADS") or "torch default"
+    _mark(run_dir, stage, chash, ex.seconds, notebook=ex.output.name, threads=used)
+    log.info("%s / %s done in %.1f s", run_id, stage, ex.seconds)
+    return StageResult("done", ex.seconds, ex.output.name)
+
+
+def _one_stage(
+    run_id: str, run_dir: Path, chash: str, stage: str, notebook_dir: Path, threads: int | None
+) -> StageResult:
+    """Skip ``stage`` when it is verified done, else (re)do it."""
+    why = stage_problem(run_dir, stage, chash)
+    if why is None:
+        return StageResult("skipped", notebook=rf.NOTEBOOK.format(stage=stage))
+    _invalidate(run_dir, stage, why)
+    if _trained_outside(run_dir, stage):
+        log.info("%s: train.done found without train.ipynb: trained outside the grid", run_id)
+        _mark(run_dir, stage, chash, 0.0, external=True)
+        return StageResult("skipped")
+    return _execute_stage(run_id, run_dir, chash, stage, notebook_dir, threads)
+
+
 def run_stages(
     run_id: str,
     run_dir: Path,
@@ -435,55 +559,38 @@ def run_stages(
     threads: int | None = None,
     on_stage: Any = None,
 ) -> RunResult:
-    """Execute ``stages`` of one run in order; the first failure skips the rest.
+    """Execute ``stages`` of one run in order, holding the run's lock; a failure skips the rest.
 
     ``on_stage(stage, result)`` is called after each stage (for progress bars).
     ``KeyboardInterrupt`` propagates after the current notebook's partial output is removed.
+    A run folder locked by another live process (:func:`imbalens.runfolder.hold_lock`)
+    fails this run with a message naming the holder; nothing is written into it.
     """
     result = RunResult(run_id, str(run_dir), chash, {})
-    failed = False
-    with kernel_env(threads):
-        for stage in stages:
-            if failed:
-                res = StageResult("not-run")
-            elif stage_done(run_dir, stage, chash):
-                res = StageResult("skipped", notebook=rf.NOTEBOOK.format(stage=stage))
-            elif (
-                stage == "train"
-                and (run_dir / rf.TRAIN_DONE).is_file()
-                and not (run_dir / rf.NOTEBOOK.format(stage="train")).is_file()
-            ):
-                log.info(
-                    "%s: train.done found without train.ipynb: trained outside the grid", run_id
-                )
-                _mark(run_dir, stage, chash, 0.0, external=True)
-                res = StageResult("skipped")
-            else:
-                src = notebook_dir / f"{stage}.py"
-                try:
-                    ex = execute(
-                        src,
-                        run_dir / rf.NOTEBOOK.format(stage=stage),
-                        {"run_dir": str(run_dir)},
-                        cwd=run_dir,
-                    )
-                except (NotebookFailed, FileNotFoundError, ValueError) as exc:
-                    kept = getattr(exc, "failed_path", None)
-                    log.error(
-                        "%s / %s failed: %s%s", run_id, stage, exc, f" (see {kept})" if kept else ""
-                    )
-                    res = StageResult(
-                        "failed", notebook=kept.name if kept else None, error=str(exc)
-                    )
-                    failed = True
-                else:
-                    _mark(run_dir, stage, chash, ex.seconds, notebook=ex.output.name)
-                    log.info("%s / %s done in %.1f s", run_id, stage, ex.seconds)
-                    res = StageResult("done", ex.seconds, ex.output.name)
-            result.stages[stage] = res
-            if on_stage is not None:
-                on_stage(stage, res)
-    result.status = "failed" if failed else "done"
+
+    def one(stage: str) -> None:
+        if result.status == "failed":
+            res = StageResult("not-run")
+        else:
+            res = _one_stage(run_id, run_dir, chash, stage, notebook_dir, threads)
+            result.status = "failed" if res.status == "failed" else result.status
+        result.stages[stage] = res
+        if on_stage is not None:
+            on_stage(stage, res)
+
+    try:
+        with rf.RunFolder(run_dir).lock(f"imbalens grid: {run_id}"), kernel_env(threads):
+            for stage in stages:
+                one(stage)
+    except rf.LockHeld as exc:
+        log.error("%s", exc)
+        result.stages = {s: StageResult("not-run") for s in stages}
+        if stages:
+            result.stages[stages[0]] = StageResult("failed", error=str(exc))
+        result.status = "failed"
+        return result
+    if result.status != "failed":
+        result.status = "done"
     return result
 
 
@@ -494,7 +601,9 @@ def _quiet_papermill() -> None:
         papermill_log.setLevel(logging.WARNING)
 
 
-def _worker_init(level: int) -> None:
+def _worker_init(level: int, parent: int) -> None:
+    """A pool worker: dies with the grid (even on kill -9), logs like it."""
+    die_with_parent(parent)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -641,6 +750,227 @@ def _run_pages(
     return out
 
 
+@dataclass
+class GridPlan:
+    """What a grid invocation will do, checked before anything is written."""
+
+    spec: GridSpec
+    runs: list[Run]
+    chosen: list[Run]
+    stages: list[str]
+    grid_dir: Path
+    jobs: int
+    notebook_dir: Path
+
+
+def _confined(grid_dir: Path, run_id: str) -> Path:
+    """``grid_dir/run_id``, refusing ids that would leave the grid folder or clash."""
+    run_dir = (grid_dir / run_id).resolve()
+    reserved = {rf.PAGES_DIR, rf.STALE_DIR}
+    if run_dir.parent != grid_dir or run_id in reserved or run_id.startswith("."):
+        raise ConfigError(f"run id {run_id!r} would not be a plain folder inside {grid_dir}")
+    return run_dir
+
+
+def plan_grid(
+    spec: GridSpec,
+    out: str | os.PathLike[str],
+    *,
+    jobs: int | None,
+    only: Iterable[str] | None,
+    overrides: Iterable[str],
+    stages: Sequence[str] | None,
+    notebook_dir: str | os.PathLike[str] | None,
+) -> GridPlan:
+    """Expand and select the runs, check stages, jobs and run folders; writes nothing.
+
+    Raises:
+        ConfigError: unknown stages, ``--jobs`` < 1, an ``--only`` matching nothing, a run
+            id that escapes ``out/<grid>/``.
+    """
+    todo = list(spec.stages)
+    if stages:
+        unknown = [s for s in stages if s not in spec.stages]
+        if unknown:
+            raise ConfigError(f"--stages {unknown} not in the grid's stages {list(spec.stages)}")
+        todo = [s for s in spec.stages if s in stages]
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"--jobs must be a positive integer, got {jobs!r}")
+    runs = expand(spec, overrides)
+    chosen = select(runs, only)
+    if only and not chosen:
+        raise ConfigError(f"--only {list(only)} matches none of the {len(runs)} run ids")
+    grid_dir = (Path(out) / spec.name).resolve()
+    if grid_dir.parent != Path(out).resolve():
+        raise ConfigError(f"grid name {spec.name!r} would leave --out {out}")
+    for r in runs:
+        _confined(grid_dir, r.id)
+    nb_dir = Path(notebook_dir) if notebook_dir is not None else NOTEBOOK_DIR
+    return GridPlan(spec, runs, chosen, todo, grid_dir, jobs or spec.jobs, nb_dir)
+
+
+def _phantom_roots(plan: GridPlan) -> list[str]:
+    """The data roots the grid's ``phantom:`` block will write (empty or own folders)."""
+    if not plan.spec.phantom:
+        return []
+    from imbalens.data.synth import ForeignFolder, refuse_foreign_folder
+
+    roots = []
+    for root in dict.fromkeys(r.config["data"]["root"] for r in plan.chosen):
+        if not isinstance(root, str):  # validate_grid names it
+            continue
+        try:
+            refuse_foreign_folder(root)
+        except ForeignFolder:
+            continue
+        roots.append(root)
+    return roots
+
+
+def validate_grid(plan: GridPlan) -> None:
+    """Validate every chosen run's config up front (:func:`imbalens.config.validate_config`).
+
+    Problems of all runs are reported together, each naming the params file and the key;
+    the same problem in several runs is reported once.
+
+    Raises:
+        ConfigError: one line per distinct problem.
+    """
+    source = _where(plan.spec.path)
+    made = set(_phantom_roots(plan))
+    problems: dict[str, None] = {}
+    for r in plan.chosen:
+        try:
+            validate_config(r.config, source, check_root=r.config["data"]["root"] not in made)
+        except ConfigError as exc:
+            problems.update(dict.fromkeys(str(exc).splitlines()))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _prepare_data(plan: GridPlan) -> None:
+    """Write the phantom where one is wanted, then pre-flight every data root (seconds).
+
+    Raises:
+        ConfigError: a data root that cannot be read (lists, CSVs, images), naming it.
+    """
+    for root in _phantom_roots(plan):
+        ensure_phantom(root, plan.spec.phantom or {})
+    from imbalens.data.nih import DataError, preflight
+
+    for root in dict.fromkeys(r.config["data"]["root"] for r in plan.chosen):
+        cfg = next(r.config["data"] for r in plan.chosen if r.config["data"]["root"] == root)
+        try:
+            preflight(root, missing=cfg.get("missing", "error"))
+        except (DataError, FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"{_where(plan.spec.path)}: data.root {root}: {exc}") from None
+
+
+def _initial_results(plan: GridPlan) -> dict[str, RunResult]:
+    results: dict[str, RunResult] = {}
+    for r in plan.runs:
+        run_dir = plan.grid_dir / r.id
+        rr = RunResult(r.id, str(run_dir), r.hash, r.values)
+        done = all(stage_done(run_dir, s, r.hash) for s in plan.spec.stages)
+        rr.status = "done" if done else ("pending" if r in plan.chosen else "not-selected")
+        for s in plan.stages:
+            rr.stages[s] = StageResult("skipped" if stage_done(run_dir, s, r.hash) else "pending")
+        results[r.id] = rr
+    return results
+
+
+def _threads(jobs: int) -> int | None:
+    """Intra-op threads per run: the cores shared by ``jobs`` runs; None (torch's default,
+    as before) for one job. Results depend on it at the 1e-3 level, so every stage
+    marker records it (``threads``); it is not in the config hash."""
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+
+def _execute_runs(plan: GridPlan, results: dict[str, RunResult], on_result: Any, bar: Any) -> None:
+    """Run the chosen runs' stages, serially or in a pool of ``plan.jobs`` processes."""
+    threads = _threads(plan.jobs)
+    if plan.jobs == 1:
+        for r in plan.chosen:
+            res = run_stages(
+                r.id, plan.grid_dir / r.id, r.hash, plan.stages, plan.notebook_dir, threads,
+                on_stage=lambda _s, _res: bar.update(1),
+            )  # fmt: skip
+            on_result(r, res)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLogger().level or logging.INFO
+    with ProcessPoolExecutor(
+        plan.jobs, mp_context=ctx, initializer=_worker_init, initargs=(level, os.getpid())
+    ) as pool:
+        futures = {
+            pool.submit(
+                run_stages, r.id, plan.grid_dir / r.id, r.hash, plan.stages, plan.notebook_dir,
+                threads,
+            ): r
+            for r in plan.chosen
+        }  # fmt: skip
+        for fut in as_completed(futures):
+            on_result(futures[fut], fut.result())
+            bar.update(len(plan.stages))
+
+
+def _mark_interrupted(results: dict[str, RunResult], plan: GridPlan) -> None:
+    """After ctrl-C: stages finished in this invocation stay done, the rest interrupted."""
+    for rr in results.values():
+        if rr.status != "pending":
+            continue
+        rr.status = "interrupted"
+        for s in plan.stages:
+            if stage_done(Path(rr.dir), s, rr.config_hash):
+                rr.stages[s] = StageResult(
+                    "done" if rr.stages[s].status == "pending" else "skipped"
+                )
+            elif rr.stages.get(s) is not None and rr.stages[s].status == "pending":
+                rr.stages[s] = StageResult("interrupted")
+
+
+#: Temporary files of :mod:`imbalens.io` and of papermill left by a killed writer.
+DEBRIS_GLOBS = (".*.tmp", f"{rf.CHECKPOINTS}/.*.tmp", ".*.partial.ipynb")
+
+
+def remove_debris(run_dir: Path) -> list[Path]:
+    """Delete the half-written temporaries a kill left in ``run_dir`` (call under its lock).
+
+    Only names the project's own atomic writes use (``.<name>.<random>.tmp``, papermill's
+    ``.<stage>.partial.ipynb``) are removed, never a finished file. Returns what went.
+    """
+    gone = [p for g in DEBRIS_GLOBS for p in run_dir.glob(g) if p.is_file()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    if gone:
+        log.info(
+            "%s: removed %d temporary file(s) left by a killed process", run_dir.name, len(gone)
+        )
+    return gone
+
+
+def _prepare_runs(plan: GridPlan, results: dict[str, RunResult]) -> None:
+    """Write each chosen run's folder under its lock; a run another process holds is
+    left untouched (never moved aside), marked failed and dropped from ``plan.chosen``."""
+    ready = []
+    for r in plan.chosen:
+        run_dir = plan.grid_dir / r.id
+        try:
+            with rf.RunFolder(run_dir).lock("imbalens grid: prepare"):
+                prepare_run_dir(run_dir, r.config, plan.grid_dir / rf.STALE_DIR, r.hash)
+                remove_debris(run_dir)
+        except rf.LockHeld as exc:
+            log.error("%s", exc)
+            rr = results[r.id]
+            rr.status = "failed"
+            rr.stages = {s: StageResult("not-run") for s in plan.stages}
+            if plan.stages:
+                rr.stages[plan.stages[0]] = StageResult("failed", error=str(exc))
+            continue
+        ready.append(r)
+    plan.chosen = ready
+
+
 def run_grid(
     params: str | os.PathLike[str] | GridSpec,
     out: str | os.PathLike[str] = "runs",
@@ -655,7 +985,11 @@ def run_grid(
     progress: bool | None = None,
     prepare_only: bool = False,
 ) -> GridReport:
-    """Run (or resume) a grid: phantom if needed, every selected run's stages, the pages.
+    """Run (or resume) a grid: checks, phantom if needed, every selected run's stages, pages.
+
+    Every config is validated and every data root pre-flighted before anything runs; the
+    grid folder's lock (``grid.lock``) is held for the whole invocation, each run's lock
+    while its stages run.
 
     Args:
         params: a params YAML path or a parsed :class:`GridSpec`.
@@ -665,7 +999,7 @@ def run_grid(
         only: run-id patterns (globs, or substrings) selecting runs.
         overrides: ``key=value`` config overrides (an axis key restricts that axis).
         stages: a subset of the params' stages to run (in the params' order).
-        dry_run: expand and report what would run; writes nothing.
+        dry_run: expand, validate and report what would run; writes nothing.
         notebook_dir: folder of the stage/page ``.py`` notebooks (default ``book/``).
         pages: execute the data and results pages after the runs.
         progress: force the tqdm bar on/off (default: on when stderr is a TTY).
@@ -674,118 +1008,97 @@ def run_grid(
 
     Returns:
         A :class:`GridReport`; ``report.ok`` is False when a run or page failed.
+
+    Raises:
+        ConfigError: a bad config, params file or data root (nothing was run), or
+            :class:`imbalens.runfolder.LockHeld` when another grid uses the folder.
     """
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     spec = params if isinstance(params, GridSpec) else load_params(params)
-    nb_dir = Path(notebook_dir) if notebook_dir is not None else NOTEBOOK_DIR
-    todo_stages = list(spec.stages)
-    if stages:
-        unknown = [s for s in stages if s not in spec.stages]
-        if unknown:
-            raise ConfigError(f"--stages {unknown} not in the grid's stages {list(spec.stages)}")
-        todo_stages = [s for s in spec.stages if s in stages]
-    runs = expand(spec, overrides)
-    chosen = select(runs, only)
-    if only and not chosen:
-        raise ConfigError(f"--only {list(only)} matches none of the {len(runs)} run ids")
-    grid_dir = (Path(out) / spec.name).resolve()
-    n_jobs = max(1, jobs if jobs is not None else spec.jobs)
-
-    if spec.phantom and not dry_run:
-        for root in dict.fromkeys(r.config["data"]["root"] for r in chosen):
-            ensure_phantom(root, spec.phantom)
-
-    results: dict[str, RunResult] = {}
-    for r in runs:
-        run_dir = grid_dir / r.id
-        rr = RunResult(r.id, str(run_dir), r.hash, r.values)
-        done = all(stage_done(run_dir, s, r.hash) for s in spec.stages)
-        rr.status = "done" if done else ("pending" if r in chosen else "not-selected")
-        for s in todo_stages:
-            rr.stages[s] = StageResult("skipped" if stage_done(run_dir, s, r.hash) else "pending")
-        results[r.id] = rr
-    report = GridReport(spec.name, grid_dir, list(results.values()), {}, 0.0)
+    plan = plan_grid(
+        spec, out, jobs=jobs, only=only, overrides=overrides, stages=stages,
+        notebook_dir=notebook_dir,
+    )  # fmt: skip
+    validate_grid(plan)
+    results = _initial_results(plan)
+    report = GridReport(spec.name, plan.grid_dir, list(results.values()), {}, 0.0)
     if dry_run:
         report.seconds = time.perf_counter() - t0
         return report
-
-    grid_dir.mkdir(parents=True, exist_ok=True)
-    for r in chosen:
-        prepare_run_dir(grid_dir / r.id, r.config, grid_dir / rf.STALE_DIR, r.hash)
-    _write_grid_json(report, spec, started)
-    if prepare_only:
-        report.seconds = time.perf_counter() - t0
-        return report
-
-    bar = _progress(len(chosen) * len(todo_stages), progress)
-    threads = max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None
-    log.info(
-        "grid %s: %d of %d runs x %d stages, %d job(s) -> %s",
-        spec.name, len(chosen), len(runs), len(todo_stages), n_jobs, grid_dir,
-    )  # fmt: skip
-    try:
-        if n_jobs == 1:
-            for r in chosen:
-                res = run_stages(
-                    r.id, grid_dir / r.id, r.hash, todo_stages, nb_dir,
-                    on_stage=lambda _s, _res: bar.update(1),
-                )  # fmt: skip
-                res.values = r.values
-                results[r.id] = res
-                report.runs = list(results.values())
-                _write_grid_json(report, spec, started)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                n_jobs,
-                mp_context=ctx,
-                initializer=_worker_init,
-                initargs=(logging.getLogger().level or logging.INFO,),
-            ) as pool:
-                futures = {
-                    pool.submit(
-                        run_stages, r.id, grid_dir / r.id, r.hash, todo_stages, nb_dir, threads
-                    ): r
-                    for r in chosen
-                }
-                for fut in as_completed(futures):
-                    r = futures[fut]
-                    res = fut.result()
-                    res.values = r.values
-                    results[r.id] = res
-                    bar.update(len(todo_stages))
-                    report.runs = list(results.values())
-                    _write_grid_json(report, spec, started)
-    except KeyboardInterrupt:
-        report.interrupted = True
-        for rr in results.values():
-            if rr.status == "pending":
-                rr.status = "interrupted"
+    with rf.hold_lock(plan.grid_dir / rf.GRID_LOCK, what=f"imbalens grid {spec.name}"):
+        _prepare_data(plan)
+        _prepare_runs(plan, results)
+        remove_dead_kernel_sockets()
         report.runs = list(results.values())
-        report.seconds = time.perf_counter() - t0
         _write_grid_json(report, spec, started)
-        bar.close()
-        log.warning("interrupted: run the same command again to resume")
-        return report
-    bar.close()
-    report.runs = list(results.values())
-    if pages:
-        try:
-            report.pages = _run_pages(spec, grid_dir, runs, report.runs, nb_dir)
-        except KeyboardInterrupt:
-            report.interrupted = True
+        if not prepare_only:
+            _run_and_report(plan, results, report, started, pages, progress)
     report.seconds = time.perf_counter() - t0
     _write_grid_json(report, spec, started)
     return report
 
 
+def _run_and_report(
+    plan: GridPlan,
+    results: dict[str, RunResult],
+    report: GridReport,
+    started: str,
+    pages: bool,
+    progress: bool | None,
+) -> None:
+    """Execute the runs (grid.json rewritten after each), then the pages."""
+    bar = _progress(len(plan.chosen) * len(plan.stages), progress)
+    log.info(
+        "grid %s: %d of %d runs x %d stages, %d job(s), threads each: %s -> %s",
+        plan.spec.name, len(plan.chosen), len(plan.runs), len(plan.stages), plan.jobs,
+        _threads(plan.jobs), plan.grid_dir,
+    )  # fmt: skip
+
+    def on_result(r: Run, res: RunResult) -> None:
+        res.values = r.values
+        results[r.id] = res
+        report.runs = list(results.values())
+        _write_grid_json(report, plan.spec, started)
+
+    try:
+        _execute_runs(plan, results, on_result, bar)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        _mark_interrupted(results, plan)
+        report.runs = list(results.values())
+        log.warning("interrupted: run the same command again to resume")
+        return
+    finally:
+        bar.close()
+    report.runs = list(results.values())
+    if pages:
+        try:
+            report.pages = _run_pages(
+                plan.spec, plan.grid_dir, plan.runs, report.runs, plan.notebook_dir
+            )
+        except KeyboardInterrupt:
+            report.interrupted = True
+
+
 # --------------------------------------------------------------------------- CLI
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Flags of ``imbalens grid``."""
     parser.add_argument("params", help="params YAML of the grid, e.g. params/quick.yaml")
     parser.add_argument("--out", default="runs", help="runs folder (default: runs)")
-    parser.add_argument("--jobs", type=int, default=None, help="runs in parallel (processes)")
+    parser.add_argument(
+        "--jobs", type=_positive_int, default=None, help="runs in parallel (processes, >= 1)"
+    )
     parser.add_argument(
         "--only", action="append", default=None, metavar="PATTERN",
         help="run-id glob or substring; repeatable",
@@ -821,8 +1134,9 @@ def cli(args: argparse.Namespace) -> int:
             pages=not args.no_pages,
             prepare_only=args.prepare,
         )
-    except ConfigError as exc:
-        log.error("%s", exc)
+    except (ConfigError, rf.LockHeld) as exc:
+        for line in str(exc).splitlines():
+            log.error("%s", line)
         return 2
     sys.stdout.write(report.table() + "\n")
     if report.interrupted:

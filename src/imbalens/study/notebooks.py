@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,6 +74,33 @@ def read_source(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
     return nb
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int | None = None, sig: int = signal.SIGKILL) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    Used by the grid's pool workers and, through the kernel manager below, by every
+    notebook kernel: a kill -9 of the grid then leaves no orphan writing into run folders.
+    ``parent``: the expected parent pid; if it is already gone, this process exits now.
+    Returns False where ``prctl`` is unavailable (not Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the parent died before prctl took effect
+    return True
+
+
+def _kernel_preexec() -> None:  # runs in the forked kernel, before exec
+    die_with_parent()
+
+
 #: Longest IPC socket path used (Unix sockets allow ~107 bytes; the kernel adds "-<n>").
 _IPC_PATH_MAX = 96
 
@@ -100,7 +129,8 @@ def kernel_manager_class() -> type | None:
     class IPCKernelManager(AsyncKernelManager):
         """``AsyncKernelManager`` with ``transport = "ipc"`` by default.
 
-        It also sends no SIGINT ahead of the shutdown request: papermill shuts a kernel
+        Its kernels die with the process that started them (``PR_SET_PDEATHSIG``, see
+        :func:`die_with_parent`). It also sends no SIGINT ahead of the shutdown request: papermill shuts a kernel
         down once every cell has run, and the interrupt then only made the kernel log
         "KeyboardInterrupt caught in kernel" now and then. A busy kernel still gets
         SIGTERM and SIGKILL (``shutdown_wait_time``).
@@ -110,12 +140,46 @@ def kernel_manager_class() -> type | None:
         def _default_transport(self) -> str:
             return "ipc"
 
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            kw.setdefault("preexec_fn", _kernel_preexec)  # the kernel dies with us
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+
         async def _async_interrupt_kernel(self) -> None:
             if getattr(self, "shutting_down", False):
                 return
             await super()._async_interrupt_kernel()
 
     return IPCKernelManager
+
+
+def remove_dead_kernel_sockets() -> list[Path]:
+    """Delete the IPC socket files (``kernel-*-ipc-*``) of kernels that no longer run.
+
+    A killed kernel leaves its sockets in Jupyter's runtime folder. A socket nobody
+    listens on refuses a connection (``ECONNREFUSED``), so only those are removed; a live
+    kernel's sockets accept and are kept. Returns the removed paths.
+    """
+    import socket
+    import stat
+
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    gone: list[Path] = []
+    for path in Path(jupyter_runtime_dir()).glob("kernel-*-ipc-*"):
+        try:
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink(missing_ok=True)
+            gone.append(path)
+        except OSError:
+            continue
+    if gone:
+        log.info("removed %d socket file(s) of killed kernels", len(gone))
+    return gone
 
 
 def _is_interrupt(exc: BaseException) -> bool:

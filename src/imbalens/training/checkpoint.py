@@ -11,6 +11,7 @@ numbers, strings, lists and dicts are stored, so :func:`load_checkpoint` can use
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,35 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        CorruptCheckpoint: ``path`` is empty, truncated or not a checkpoint (one line
+            naming the file and what to delete).
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist (was the run trained?)")
-    return torch.load(p, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise CorruptCheckpoint(p, exc) from exc
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file that cannot be read; the one-line message names it and the fix."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        size = path.stat().st_size if path.exists() else 0
+        what = "empty" if size == 0 else f"truncated or corrupt ({size} bytes)"
+        if path.name == rf.LAST:
+            fix = f"delete it (rm {path}) to restart this run's training from the start"
+        else:
+            fix = (
+                f"delete it and {path.with_name(rf.LAST).name} and "
+                f"{path.parent.parent / rf.TRAIN_DONE} to retrain the run"
+            )
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        detail = f"{type(cause).__name__}" + (f": {reason[:80]}" if reason else "")
+        super().__init__(f"checkpoint {path} is {what} ({detail}); {fix}")
+        self.path = path
 
 
 def rng_state() -> dict[str, Any]:
