@@ -126,3 +126,18 @@ def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML: .* line \d+") as err:
         load_config(p)
     assert "<unicode string>" not in str(err.value)
+
+
+def test_every_default_key_has_a_schema_entry() -> None:
+    """A new config key cannot skip validation: each leaf of DEFAULTS is in SCHEMA."""
+    from imbalens.config import SCHEMA, validate_config
+
+    def leaves(d: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out += leaves(v, key + ".") if isinstance(v, dict) and key not in SCHEMA else [key]
+        return out
+
+    assert [k for k in leaves(DEFAULTS) if k not in SCHEMA] == []
+    validate_config(merge_config(), check_root=False)  # the defaults themselves are valid
