@@ -193,6 +193,60 @@ def test_slurm_cluster_job_script() -> None:
     assert "--nthreads 1" in script and "--resources GPU=4" in script
 
 
+# A stage notebook: counts its executions in <grid>/calls.txt; fails for the focal run.
+FAKE_NB = """\
+# %% tags=["parameters"]
+run_dir = ""
+
+# %%
+import pathlib, yaml
+rd = pathlib.Path(run_dir)
+with open(rd.parent / "calls.txt", "a") as fh:
+    fh.write(rd.name + "\\n")
+if yaml.safe_load((rd / "config.yaml").read_text())["loss"]["name"] == "focal":
+    raise RuntimeError("planted failure")
+"""
+
+
+def test_dask_grid_reports_a_failing_run_once_and_a_held_run(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    from imbalens.study.grid import parse_params
+
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    (nb / "train.py").write_text(FAKE_NB)
+    spec = parse_params(
+        {
+            "name": "fake", "base": {"data": {"root": str(tmp_path / "data")}},
+            "axes": {"loss.name": ["bce", "focal", "wbce"]}, "run_id": "{loss.name}",
+            "stages": ["train"],
+        }
+    )  # fmt: skip
+    grid_dir = tmp_path / "runs" / "fake"
+    lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    try:
+        with Client(lc) as client, RunFolder(grid_dir / "wbce").lock(what="another grid"):
+            rep = cluster.run_grid_dask(
+                spec, tmp_path / "runs", scheduler=client, notebook_dir=nb, pages=False,
+                progress=False,
+            )  # fmt: skip
+    finally:
+        lc.close()
+    assert not rep.ok
+    status = {r.id: r.status for r in rep.runs}
+    assert status == {"bce": "done", "focal": "failed", "wbce": "failed"}
+    assert sorted((grid_dir / "calls.txt").read_text().split()) == ["bce", "focal"]  # once each
+    focal = next(r for r in rep.runs if r.id == "focal")
+    assert "planted failure" in (focal.stages["train"].error or "")
+    wbce = next(r for r in rep.runs if r.id == "wbce")
+    err = wbce.stages["train"].error or ""
+    assert err.startswith("LockHeld: ") and f"pid {os.getpid()} " in err and "another grid" in err
+    saved = json.loads((grid_dir / rf.GRID_JSON).read_text())
+    assert [(r["id"], r["status"]) for r in saved["runs"]] == sorted(status.items())
+    assert "wbce" in rep.table() and "1 failed" not in rep.table()  # 2 failed, reported
+
+
 # --------------------------------------------------------------------------- slow
 def _free_port() -> int:
     with socket.socket() as s:
