@@ -95,7 +95,9 @@ def lock_holder(folder: rf.RunFolder) -> dict[str, Any] | None:
     """The holder recorded in the run's lock file (pid, host, started, what), if any.
 
     A lock released normally is emptied, so a record found by a process that then gets
-    the lock was left by a holder that died (the kernel released its ``flock``).
+    the lock was left by a holder that died (the kernel released its ``flock``). Read
+    before the claim, it may also name a holder that released the lock in between: it
+    only feeds a log line, never a decision.
     """
     try:
         info = json.loads(folder.lock_file.read_text() or "null")
