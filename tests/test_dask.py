@@ -177,6 +177,34 @@ def test_run_task_takes_over_a_dead_holder_and_says_from_which_step(tmp_path: Pa
     assert again.took_over is None and again.moved_line() is None
 
 
+def test_run_task_trains_a_multi_gpu_run_with_torchrun_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], cwd: Path, check: bool) -> subprocess.CompletedProcess:
+        seen.append(cmd)
+        if len(seen) == 1:  # the first torchrun trains the run, like imbalens.cli train
+            RunFolder(tmp_path).train_done.write_text("{}")
+            return subprocess.CompletedProcess(cmd, 0)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(cluster.subprocess, "run", fake_run)
+    out = cluster.run_task("r", str(tmp_path), "h", ["train"], str(REPO / "book"), None, 4)
+    assert seen == [cluster.torchrun_command(tmp_path, 4)]
+    assert out.result.status == "done" and out.result.stages["train"].status == "skipped"
+    marker = json.loads(RunFolder(tmp_path).marker("train").read_text())
+    assert marker["external"] is True  # the grid counts it as trained outside the notebook
+    # a failing torchrun fails the run once, with the command in the message
+    other = tmp_path / "other"
+    bad = cluster.run_task(
+        "o", str(other), "h", ["train", "performance"], str(REPO / "book"), None, 2
+    )
+    assert bad.result.status == "failed"
+    assert bad.result.stages["train"].error.startswith("torchrun exited with 1: ")
+    assert bad.result.stages["performance"].status == "not-run"
+
+
 def test_slurm_cluster_job_script() -> None:
     pytest.importorskip("dask_jobqueue")
     c = cluster.slurm_cluster(
