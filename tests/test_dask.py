@@ -237,8 +237,6 @@ if yaml.safe_load((rd / "config.yaml").read_text())["loss"]["name"] == "focal":
 
 
 def test_dask_grid_reports_a_failing_run_once_and_a_held_run(tmp_path: Path) -> None:
-    from distributed import Client, LocalCluster
-
     from imbalens.study.grid import parse_params
 
     nb = tmp_path / "nb"
@@ -252,15 +250,12 @@ def test_dask_grid_reports_a_failing_run_once_and_a_held_run(tmp_path: Path) -> 
         }
     )  # fmt: skip
     grid_dir = tmp_path / "runs" / "fake"
-    lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
-    try:
-        with Client(lc) as client, RunFolder(grid_dir / "wbce").lock(what="another grid"):
-            rep = cluster.run_grid_dask(
-                spec, tmp_path / "runs", scheduler=client, notebook_dir=nb, pages=False,
-                progress=False,
-            )  # fmt: skip
-    finally:
-        lc.close()
+    # local:2 = a LocalCluster of two worker processes on 127.0.0.1, closed by the grid
+    with RunFolder(grid_dir / "wbce").lock(what="another grid"):
+        rep = cluster.run_grid_dask(
+            spec, tmp_path / "runs", scheduler="local:2", notebook_dir=nb, pages=False,
+            progress=False,
+        )  # fmt: skip
     assert not rep.ok
     status = {r.id: r.status for r in rep.runs}
     assert status == {"bce": "done", "focal": "failed", "wbce": "failed"}
