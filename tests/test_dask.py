@@ -205,6 +205,30 @@ def test_run_task_trains_a_multi_gpu_run_with_torchrun_first(
     assert bad.result.stages["performance"].status == "not-run"
 
 
+def test_run_task_hands_its_claim_to_a_run_stages_that_locks_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imbalens.study import grid
+
+    tries: list[str] = []
+
+    def locking_run_stages(run_id, run_dir, chash, stages, notebook_dir, threads=None):
+        res = grid.RunResult(run_id, str(run_dir), chash, {})
+        try:  # like a grid whose run_stages holds the run lock (refused: nothing written)
+            with RunFolder(run_dir).lock(f"imbalens grid: {run_id}"):
+                tries.append("ran")
+                res.status = "done"
+        except LockHeld as exc:
+            tries.append("refused")
+            res.status = "failed"
+            res.stages = {stages[0]: grid.StageResult("failed", error=str(exc))}
+        return res
+
+    monkeypatch.setattr(grid, "run_stages", locking_run_stages)
+    out = cluster.run_task("r", str(tmp_path), "h", ["train"], str(REPO / "book"))
+    assert tries == ["refused", "ran"] and out.result.status == "done"
+
+
 def test_slurm_cluster_job_script() -> None:
     pytest.importorskip("dask_jobqueue")
     c = cluster.slurm_cluster(

@@ -35,6 +35,7 @@ runs one ``imbalens grid --only`` shard per array task (its run ids come from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -193,7 +194,9 @@ def run_task(
     t0 = time.perf_counter()
     folder = rf.RunFolder(Path(run_dir))
     before = lock_holder(folder)
-    with folder.lock(what=f"dask task {run_id}"):
+    claim = f"dask task {run_id}"
+    with contextlib.ExitStack() as held:
+        held.enter_context(folder.lock(what=claim))
         outcome = TaskOutcome(
             g.RunResult(run_id, str(folder.path), chash, {}),
             _worker_address(), socket.gethostname(), os.getpid(),
@@ -213,11 +216,26 @@ def run_task(
                 msg = f"torchrun exited with {proc.returncode}: {' '.join(cmd)}"
                 outcome.result = _failed(run_id, str(folder.path), chash, stages, msg)
                 return outcome
-        outcome.result = g.run_stages(
-            run_id, folder.path, chash, list(stages), Path(notebook_dir), threads
-        )
+        args = (run_id, folder.path, chash, list(stages), Path(notebook_dir), threads)
+        outcome.result = g.run_stages(*args)
+        if _refused_by_own_claim(outcome.result, claim):
+            held.close()  # this run_stages locks the run itself: hand the claim over to it
+            outcome.result = g.run_stages(*args)
     outcome.seconds = time.perf_counter() - t0
     return outcome
+
+
+def _refused_by_own_claim(result: g.RunResult, claim: str) -> bool:
+    """True when ``run_stages`` failed on the run lock that this very task holds.
+
+    A ``run_stages`` that holds the run's lock itself is refused by the task's claim (an
+    ``flock`` on another descriptor of the same file, same process) before it writes
+    anything; its message names this process and the claim.
+    """
+    first = next(iter(result.stages.values()), None)
+    error = (first.error if first is not None else None) or ""
+    me = f"pid {os.getpid()} on host {socket.gethostname()} "
+    return result.status == "failed" and me in error and claim in error
 
 
 def _failed(run_id: str, run_dir: str, chash: str, stages: Sequence[str], error: str) -> Any:
