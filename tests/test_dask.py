@@ -260,12 +260,15 @@ if yaml.safe_load((rd / "config.yaml").read_text())["loss"]["name"] == "focal":
 """
 
 
-def test_dask_grid_reports_a_failing_run_once_and_a_held_run(tmp_path: Path) -> None:
+def test_dask_grid_reports_a_failing_run_once_and_goes_on(tmp_path: Path) -> None:
     from imbalens.study.grid import parse_params
 
     nb = tmp_path / "nb"
     nb.mkdir()
     (nb / "train.py").write_text(FAKE_NB)
+    from imbalens.data.synth import generate
+
+    generate(tmp_path / "data", n_images=12, size=16, seed=0, workers=1)  # a real data root
     spec = parse_params(
         {
             "name": "fake", "base": {"data": {"root": str(tmp_path / "data")}},
@@ -275,23 +278,39 @@ def test_dask_grid_reports_a_failing_run_once_and_a_held_run(tmp_path: Path) -> 
     )  # fmt: skip
     grid_dir = tmp_path / "runs" / "fake"
     # local:2 = a LocalCluster of two worker processes on 127.0.0.1, closed by the grid
-    with RunFolder(grid_dir / "wbce").lock(what="another grid"):
-        rep = cluster.run_grid_dask(
-            spec, tmp_path / "runs", scheduler="local:2", notebook_dir=nb, pages=False,
-            progress=False,
-        )  # fmt: skip
+    rep = cluster.run_grid_dask(
+        spec, tmp_path / "runs", scheduler="local:2", notebook_dir=nb, pages=False,
+        progress=False,
+    )  # fmt: skip
     assert not rep.ok
     status = {r.id: r.status for r in rep.runs}
-    assert status == {"bce": "done", "focal": "failed", "wbce": "failed"}
-    assert sorted((grid_dir / "calls.txt").read_text().split()) == ["bce", "focal"]  # once each
+    assert status == {"bce": "done", "focal": "failed", "wbce": "done"}
+    assert sorted((grid_dir / "calls.txt").read_text().split()) == ["bce", "focal", "wbce"]
     focal = next(r for r in rep.runs if r.id == "focal")
-    assert "planted failure" in (focal.stages["train"].error or "")
-    wbce = next(r for r in rep.runs if r.id == "wbce")
-    err = wbce.stages["train"].error or ""
-    assert err.startswith("LockHeld: ") and f"pid {os.getpid()} " in err and "another grid" in err
+    assert "planted failure" in (focal.stages["train"].error or "")  # failed once, not retried
     saved = json.loads((grid_dir / rf.GRID_JSON).read_text())
     assert [(r["id"], r["status"]) for r in saved["runs"]] == sorted(status.items())
-    assert "wbce" in rep.table() and "1 failed" not in rep.table()  # 2 failed, reported
+    assert "3 runs, 1 failed" in rep.table()
+
+
+def test_a_task_refused_by_the_run_lock_is_a_failed_run_in_the_report(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    client = cluster.connect("local:1")
+    got: list = []
+    try:
+        with RunFolder(tmp_path).lock(what="another grid"):
+            fut = client.submit(
+                cluster.run_task, "r", str(tmp_path), "h", ["train"], str(REPO / "book")
+            )
+            run = SimpleNamespace(id="r", hash="h")
+            cluster._collect(client, {fut: run}, ["train"], lambda *a: got.append(a))
+    finally:
+        cluster._close(client, "local:1")
+    [(_, res, outcome)] = got
+    assert res.status == "failed" and outcome is None
+    err = res.stages["train"].error
+    assert err.startswith("LockHeld: ") and f"pid {os.getpid()} " in err and "another grid" in err
 
 
 # --------------------------------------------------------------------------- slow

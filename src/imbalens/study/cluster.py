@@ -216,11 +216,18 @@ def run_task(
                 msg = f"torchrun exited with {proc.returncode}: {' '.join(cmd)}"
                 outcome.result = _failed(run_id, str(folder.path), chash, stages, msg)
                 return outcome
+        if not stages:  # nothing to run (e.g. only torchrun training was asked for)
+            outcome.result.status = "done"
+            return _timed(outcome, t0)
         args = (run_id, folder.path, chash, list(stages), Path(notebook_dir), threads)
         outcome.result = g.run_stages(*args)
         if _refused_by_own_claim(outcome.result, claim):
             held.close()  # this run_stages locks the run itself: hand the claim over to it
             outcome.result = g.run_stages(*args)
+    return _timed(outcome, t0)
+
+
+def _timed(outcome: TaskOutcome, t0: float) -> TaskOutcome:
     outcome.seconds = time.perf_counter() - t0
     return outcome
 
