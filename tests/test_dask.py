@@ -115,6 +115,8 @@ def test_grid_parser_has_the_dask_flags() -> None:
         "tcp://127.0.0.1:8786", 4, None,
     )  # fmt: skip
     assert parser.parse_args(["p.yaml"]).scheduler is None  # without it: the local path
+    missing = parser.parse_args(["/nonexistent.yaml", "--scheduler", "tcp://127.0.0.1:9"])
+    assert cluster.cli(missing) == 2  # the params error, before any connection
 
 
 def _fake_checkpoint(folder: RunFolder, epoch: int, step: int, global_step: int) -> None:

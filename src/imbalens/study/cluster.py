@@ -487,8 +487,9 @@ def cli(args: argparse.Namespace) -> int:
                 pages=not args.no_pages, task_resources=parse_resources(args.task_resources),
                 gpus_per_run=args.gpus_per_run, threads=args.threads_per_run,
             )  # fmt: skip
-    except ConfigError as exc:
-        log.error("%s", exc)
+    except (ConfigError, rf.LockHeld) as exc:  # a held grid lock: another grid prepares
+        for line in str(exc).splitlines():
+            log.error("%s", line)
         return 2
     sys.stdout.write(report.table() + "\n")
     if report.interrupted:
