@@ -410,7 +410,7 @@ def _results(grid_dir: Path) -> dict[str, tuple[dict, str]]:
 
 
 @pytest.fixture(scope="module")
-def local_grid(dask_cluster: Cluster) -> tuple[dict, float]:
+def local_grid(dask_cluster: Cluster) -> tuple[dict, float, list[str]]:
     root = dask_cluster.root
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -419,19 +419,24 @@ def local_grid(dask_cluster: Cluster) -> tuple[dict, float]:
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return _results(root / "local" / "smoke"), seconds
+    # the kernels' thread count changes float sums: the Dask runs use the local one
+    marker = json.loads(
+        RunFolder(root / "local" / "smoke" / RUN_IDS[0]).marker("train").read_text()
+    )
+    threads = ["--threads-per-run", str(marker["threads"])] if marker.get("threads") else []
+    return _results(root / "local" / "smoke"), seconds, threads
 
 
 @pytest.mark.slow
 def test_dask_grid_matches_local_then_survives_a_killed_worker(
-    dask_cluster: Cluster, local_grid: tuple[dict, float]
+    dask_cluster: Cluster, local_grid: tuple[dict, float, list[str]]
 ) -> None:
-    root, expected = dask_cluster.root, local_grid[0]
+    root, expected, threads = dask_cluster.root, local_grid[0], local_grid[2]
     # 1. the grid through the two workers: the same metrics and predictions as --jobs 1
     t0 = time.perf_counter()
     proc = subprocess.run(
         _grid(root / "dask", root / "data", "--scheduler", dask_cluster.address,
-              "--task-resources", "RUN=1"),
+              "--task-resources", "RUN=1", *threads),
         env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -446,7 +451,7 @@ def test_dask_grid_matches_local_then_survives_a_killed_worker(
     grid_dir = root / "killed" / "smoke"
     with open(root / "killed.log", "w") as fh:
         grid = subprocess.Popen(
-            _grid(root / "killed", root / "data", "--scheduler", dask_cluster.address),
+            _grid(root / "killed", root / "data", "--scheduler", dask_cluster.address, *threads),
             env=_env(), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
