@@ -18,11 +18,11 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,dask]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-install: $(STAMP) ## make .venv (python3 -m venv + pip install -e .[test])
+install: $(STAMP) ## make .venv (python3 -m venv + pip install -e .[test,dask])
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check src tests book benchmarks

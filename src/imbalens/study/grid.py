@@ -1116,10 +1116,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--notebooks", default=None, help="folder of the .py notebooks (default: book/)"
     )
+    from imbalens.study import cluster  # --scheduler: the grid on Dask
+
+    cluster.configure_parser(parser)
 
 
 def cli(args: argparse.Namespace) -> int:
     """Run ``imbalens grid``; exit code 1 when a run or page failed, 130 when interrupted."""
+    if getattr(args, "scheduler", None):
+        from imbalens.study import cluster
+
+        return cluster.cli(args)
     _quiet_papermill()
     try:
         report = run_grid(
