@@ -2,6 +2,9 @@
 
 Each registered module exposes ``configure_parser(parser)`` (adds its flags) and
 ``cli(args) -> int`` (runs it). Adding a command is one line in :data:`COMMANDS`.
+A user error (a missing folder, a bad config value, a held lock; :data:`USER_ERRORS`)
+prints one line, ``imbalens <command>: error: <message>``, and exits 2; ``-v`` shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from imbalens import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("imbalens.data.synth", "write the chest-radiograph phantom in NIH's layout"),
@@ -22,6 +27,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: the project's user-facing error types, by module; a module not imported yet cannot
+#: have raised its error, so only imported ones are consulted (keeps the CLI light)
+USER_ERRORS: dict[str, tuple[str, ...]] = {
+    "imbalens.config": ("ConfigError",),
+    "imbalens.data.nih": ("DataError",),
+    "imbalens.runfolder": ("LockHeld",),
+    "imbalens.study.book": ("BookError",),
+    "imbalens.study.notebooks": ("NotebookFailed",),
+}
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """:data:`USER_ERRORS` resolved in the imported modules, plus missing files."""
+    found: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError]
+    for module, names in USER_ERRORS.items():
+        mod = sys.modules.get(module)
+        found += [getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)]
+    return tuple(found)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only ``command``'s module is imported to add its flags.
 
@@ -30,6 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(prog="imbalens", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"imbalens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -49,7 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(importlib.import_module(args._module).cli(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).cli(args) or 0)
+    except Exception as exc:
+        if args.verbose or not isinstance(exc, user_error_types()):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.stderr.write(f"imbalens {args.command}: error: {message}\n")
+        return 2
 
 
 if __name__ == "__main__":

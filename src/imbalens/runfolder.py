@@ -20,6 +20,7 @@ Layout of a run folder::
     analysis.done             ``imbalens analyse`` finished
     <stage>.ipynb             executed notebook of each stage
     <stage>.stage.done        the grid's marker: the config hash the stage ran with
+    provenance.json           versions, git commit (dirty?), config hash, CPU/GPU
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ CONCEPTS_CHANNELS = "concepts_channels.csv"
 ANALYSIS_DONE = "analysis.done"
 NOTEBOOK = "{stage}.ipynb"
 STAGE_MARKER = "{stage}.stage.done"
+#: package versions, git commit, config hash, machine (:mod:`imbalens.provenance`)
+PROVENANCE = "provenance.json"
 
 # ------------------------------------------------------------------ grid-folder file names
 GRID_JSON = "grid.json"
@@ -140,6 +143,10 @@ class RunFolder:
     @property
     def analysis_done(self) -> Path:
         return self._p(ANALYSIS_DONE)
+
+    @property
+    def provenance(self) -> Path:
+        return self._p(PROVENANCE)
 
     @property
     def lock_file(self) -> Path:

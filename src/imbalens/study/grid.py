@@ -63,6 +63,7 @@ from imbalens.config import (
     parse_override,
 )
 from imbalens.paths import NOTEBOOK_DIR, REPO
+from imbalens.provenance import write_provenance
 from imbalens.study.notebooks import NotebookFailed, execute
 
 log = logging.getLogger(__name__)
@@ -460,6 +461,9 @@ def run_stages(
                 res = StageResult("skipped")
             else:
                 src = notebook_dir / f"{stage}.py"
+                log.info("%s / %s started", run_id, stage)
+                if not (run_dir / rf.PROVENANCE).is_file() or stage == stages[0]:
+                    write_provenance(run_dir, chash=chash)
                 try:
                     ex = execute(
                         src,
@@ -576,10 +580,10 @@ def _write_grid_json(report: GridReport, spec: GridSpec, started: str) -> None:
 
 
 def _progress(total: int, enabled: bool | None) -> Any:
-    from tqdm import tqdm
+    """A tqdm bar on a terminal and, always, one log line per stage with the grid's ETA."""
+    from imbalens.training.progress import GridProgress
 
-    disable = (not sys.stderr.isatty()) if enabled is None else not enabled
-    return tqdm(total=total, desc="stages", unit="stage", disable=disable)
+    return GridProgress(total, enabled)
 
 
 def _run_pages(
