@@ -123,3 +123,26 @@ def test_cli_user_error_is_one_line_without_traceback(args: tuple[str, ...], nee
     assert "Traceback" not in proc.stderr
     assert len(lines) == 1 and lines[0].startswith(f"imbalens {args[0]}: error: "), lines
     assert needle in lines[0]
+
+
+def test_book_config_adapts_the_root_config_to_a_grid_book() -> None:
+    import yaml
+
+    from imbalens.study.book import book_config
+
+    root = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert root["html"]["favicon"] == "book/_static/favicon.svg"
+    assert root["sphinx"]["config"]["html_static_path"] == ["book/_static"]
+    assert root["repository"]["url"] == ""  # not the Jupyter Book default
+    cfg = book_config(root, "smoke", REPO)
+    assert cfg["title"].endswith("(smoke)")
+    assert cfg["html"]["favicon"] == "_static/favicon.svg"
+    sphinx = cfg["sphinx"]["config"]
+    assert not {"html_static_path", "html_css_files", "html_js_files"} & set(sphinx)
+    assert sphinx["nb_merge_streams"] is True
+    assert not [p for p in cfg["exclude_patterns"] if p.startswith(("runs", "book"))]
+    assert "_build/*" in cfg["exclude_patterns"]
+    footer = cfg["html"]["extra_footer"]
+    assert footer.startswith('<p class="imbalens-provenance">Book built with imbalens ')
+    assert f"commit {pv.git_state(REPO)['commit'][:7]}" in footer
+    assert root["html"]["favicon"] == "book/_static/favicon.svg"  # the input is not changed

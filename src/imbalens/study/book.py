@@ -116,7 +116,9 @@ ROOT_ONLY_SPHINX = ("html_static_path", "html_css_files", "html_js_files")
 FOOTER_CLASS = "imbalens-provenance"
 
 
-def book_config(cfg: dict[str, Any], grid: str) -> dict[str, Any]:
+def book_config(
+    cfg: dict[str, Any], grid: str, repo: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """The repo's root ``_config.yml`` adapted to a grid's ``_book/`` folder.
 
     Title with the grid's name, execution off, the root build's ``book/_static`` paths
@@ -137,7 +139,7 @@ def book_config(cfg: dict[str, Any], grid: str) -> dict[str, Any]:
     html = dict(cfg.get("html") or {})
     if "favicon" in html:
         html["favicon"] = str(html["favicon"]).removeprefix("book/")
-    line = html_escape(footer_line(collect()).replace(" · config -", ""))
+    line = html_escape(footer_line(collect(repo=repo)).replace(" · config -", ""))
     html["extra_footer"] = f'<p class="{FOOTER_CLASS}">Book built with {line}</p>'
     cfg["html"] = html
     return cfg
@@ -190,7 +192,7 @@ def assemble(
     for child in root.iterdir():  # a fresh book: no page of an older grid state lingers
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
-    cfg = book_config(yaml.safe_load((repo / "_config.yml").read_text()) or {}, g.name)
+    cfg = book_config(yaml.safe_load((repo / "_config.yml").read_text()) or {}, g.name, repo)
     atomic_write_text(root / "_config.yml", yaml.safe_dump(cfg, sort_keys=False))
 
     static = repo / "book"
