@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,56 @@ def test_grid_progress_logs_eta(caplog: pytest.LogCaptureFixture) -> None:
     g.update(2)
     g.close()
     assert caplog.messages == ["grid: 2/8 stages, 20s elapsed, ETA 1m00s"]
+
+
+STAGE = """\
+# %% tags=["parameters"]
+run_dir = ""
+
+# %%
+print("ok")
+"""
+
+
+def test_grid_logs_stage_start_end_and_eta(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line when each stage starts, one when it ends, one with the grid's ETA; and the
+    run folder gets provenance.json with the run's config hash."""
+    import json
+
+    import yaml
+
+    from imbalens import runfolder as rf
+    from imbalens.study.grid import recorded_hash, run_grid
+
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    for stage in ("train", "performance"):
+        (nb / f"{stage}.py").write_text(STAGE)
+    params = tmp_path / "p.yaml"
+    raw = {
+        "name": "tiny",
+        "base": {"data": {"root": str(tmp_path / "data")}},
+        "axes": {"loss.name": ["bce"]},
+        "run_id": "{loss.name}",
+        "stages": ["train", "performance"],
+    }
+    params.write_text(yaml.safe_dump(raw))
+    caplog.set_level(logging.INFO)
+    report = run_grid(params, tmp_path / "runs", notebook_dir=nb, pages=False, progress=False)
+    assert report.ok
+    msgs = [m for m in caplog.messages if m.startswith(("bce /", "grid: "))]
+    assert [m.split(" in ")[0] for m in msgs] == [
+        "bce / train started",
+        "bce / train done",
+        msgs[2],
+        "bce / performance started",
+        "bce / performance done",
+        msgs[5],
+    ]
+    assert msgs[2].startswith("grid: 1/2 stages, ") and " ETA " in msgs[2]
+    assert msgs[5].startswith("grid: 2/2 stages, ") and msgs[5].endswith("ETA 0s")
+    run = tmp_path / "runs" / "tiny" / "bce"
+    prov = json.loads((run / rf.PROVENANCE).read_text())
+    assert prov["config_hash"] == recorded_hash(run)
