@@ -1,7 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -12,10 +13,18 @@
 # # Feature alignment of one run: CAM versus boxes
 
 # %% tags=["parameters"]
-# the run folder (papermill injects the absolute path)
-run_dir = "runs/example/t-densenet-bce-multilabel-s0"
+# the run folder (papermill injects the absolute path); the default, relative to the
+# repository root, is the smoke grid's first run: `imbalens grid params/smoke.yaml`
+run_dir = "runs/smoke/t-densenet-bce-binary-s0"
 # checkpoint whose CAMs are shown: best | last
 which = "best"
+
+# %% tags=["remove-cell"]
+# relative paths name folders under the repository root ($IMBALENS_REPO), from Jupyter
+# (working directory book/) as from papermill (which injects absolute paths)
+from imbalens.paths import repo_path
+
+run_dir = str(repo_path(run_dir))
 
 # %% [markdown]
 # ## Overview
@@ -118,3 +127,11 @@ fig = alignment_bars(summary, title=title)
 # ### What's next?
 #
 # The concepts page counts the individual feature maps that fire inside the boxes.
+
+# %% [markdown]
+# ## Resources and references
+#
+# - Zhou, Khosla, Lapedriza, Oliva, Torralba (2016). *Learning Deep Features for Discriminative Localization* (CAM). CVPR 2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150).
+# - The overlaps: `imbalens.explain.cam`, `imbalens.explain.alignment`.
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/alignment.ipynb` lists its parameters).

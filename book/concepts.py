@@ -1,7 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -12,10 +13,18 @@
 # # Concepts of one run: feature maps that fire on pathology
 
 # %% tags=["parameters"]
-# the run folder (papermill injects the absolute path)
-run_dir = "runs/example/t-densenet-bce-multilabel-s0"
+# the run folder (papermill injects the absolute path); the default, relative to the
+# repository root, is the smoke grid's first run: `imbalens grid params/smoke.yaml`
+run_dir = "runs/smoke/t-densenet-bce-binary-s0"
 # how many channels to list per finding
 top = 5
+
+# %% tags=["remove-cell"]
+# relative paths name folders under the repository root ($IMBALENS_REPO), from Jupyter
+# (working directory book/) as from papermill (which injects absolute paths)
+from imbalens.paths import repo_path
+
+run_dir = str(repo_path(run_dir))
 
 # %% [markdown]
 # ## Overview
@@ -145,3 +154,11 @@ for layer, part in channels.groupby("layer", sort=False):
 # ### What's next?
 #
 # The grid's results page.
+
+# %% [markdown]
+# ## Resources and references
+#
+# - Bau, Zhou, Khosla, Oliva, Torralba (2017). *Network Dissection: Quantifying Interpretability of Deep Visual Representations.* CVPR 2017, [arXiv:1704.05796](https://arxiv.org/abs/1704.05796).
+# - The counts: `imbalens.explain.dissect`.
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/concepts.ipynb` lists its parameters).

@@ -1,7 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -141,3 +142,11 @@ else:
 # ### What's next
 #
 # The training page trains the study's models on this data.
+
+# %% [markdown]
+# ## Resources and references
+#
+# - Wang, Peng, Lu, Lu, Bagheri, Summers (2017). *ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks.* CVPR 2017, [arXiv:1705.02315](https://arxiv.org/abs/1705.02315).
+# - The phantom's generator: `imbalens.data.synth` (`imbalens synth --help`).
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/data.ipynb` lists its parameters).

@@ -1,7 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -12,8 +13,16 @@
 # # Performance of one run
 
 # %% tags=["parameters"]
-# the run folder (papermill injects the absolute path)
-run_dir = "runs/example/t-densenet-bce-multilabel-s0"
+# the run folder (papermill injects the absolute path); the default, relative to the
+# repository root, is the smoke grid's first run: `imbalens grid params/smoke.yaml`
+run_dir = "runs/smoke/t-densenet-bce-binary-s0"
+
+# %% tags=["remove-cell"]
+# relative paths name folders under the repository root ($IMBALENS_REPO), from Jupyter
+# (working directory book/) as from papermill (which injects absolute paths)
+from imbalens.paths import repo_path
+
+run_dir = str(repo_path(run_dir))
 
 # %% [markdown]
 # ## Overview
@@ -109,3 +118,11 @@ fig = performance_bars(table.reset_index(), title=title)
 # ### What's next?
 #
 # The alignment page looks at *where* the model looks.
+
+# %% [markdown]
+# ## Resources and references
+#
+# - scikit-learn's [`roc_auc_score`](https://scikit-learn.org/stable/modules/generated/sklearn.metrics.roc_auc_score.html) and [`average_precision_score`](https://scikit-learn.org/stable/modules/generated/sklearn.metrics.average_precision_score.html).
+# - The metrics: `imbalens.training.metrics`.
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/performance.ipynb` lists its parameters).

@@ -1,7 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,8 +14,9 @@
 
 # %% tags=["parameters"]
 # the grid folder and its params file (papermill injects absolute paths)
-grid_dir = "runs/quick"
-params_path = "params/quick.yaml"
+# defaults relative to the repository root: the smoke grid (`imbalens grid params/smoke.yaml`)
+grid_dir = "runs/smoke"
+params_path = "params/smoke.yaml"
 # equivalence margin of claim 1: AUROC/AP "about equal" when the 95% CI of loss - BCE lies in +-margin
 margin = 0.02
 # bootstrap resamples of the 95% CIs and the seed of the resampling
@@ -22,6 +24,14 @@ n_boot = 1000
 boot_seed = 0
 # checkpoint whose CAMs Figure 1 shows: best | last
 which = "best"
+
+# %% tags=["remove-cell"]
+# relative paths name folders under the repository root ($IMBALENS_REPO), from Jupyter
+# (working directory book/) as from papermill (which injects absolute paths)
+from imbalens.paths import repo_path
+
+grid_dir = str(repo_path(grid_dir))
+params_path = str(repo_path(params_path)) if params_path else params_path
 
 # %% [markdown]
 # ## Overview
@@ -281,3 +291,24 @@ display(Markdown("\n".join(f"- {line}" for line in verdict_changes(claims))))
 #
 # The run pages show each run's training curves, per-class performance, CAMs and
 # concept detectors; the Methods page gives the definitions.
+
+# %% [markdown]
+# ## Provenance of the grid's runs
+#
+# Where each run's numbers come from: the git commit (and whether the checkout had
+# uncommitted changes), the config hash, torch and the machine, read from each run
+# folder's `provenance.json` (written when the grid executed the run).
+
+# %%
+from imbalens.provenance import grid_table
+
+provenance = pd.DataFrame(grid_table(grid_dir))
+provenance.set_index("run") if len(provenance) else "no run recorded its provenance"
+
+# %% [markdown]
+# ## Resources and references
+#
+# - The paper's numbers: `imbalens/study/paper_numbers.yaml`; the claims: `imbalens.study.claims`.
+# - Each run's `provenance.json` (the table above): `imbalens.provenance`.
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/results.ipynb` lists its parameters).

@@ -1,7 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -12,8 +13,16 @@
 # # Training one run
 
 # %% tags=["parameters"]
-# the run folder (papermill injects the absolute path); its config.yaml is the whole recipe
-run_dir = "runs/example/t-densenet-bce-multilabel-s0"
+# the run folder (papermill injects the absolute path); the default, relative to the
+# repository root, is the smoke grid's first run: `imbalens grid params/smoke.yaml`
+run_dir = "runs/smoke/t-densenet-bce-binary-s0"
+
+# %% tags=["remove-cell"]
+# relative paths name folders under the repository root ($IMBALENS_REPO), from Jupyter
+# (working directory book/) as from papermill (which injects absolute paths)
+from imbalens.paths import repo_path
+
+run_dir = str(repo_path(run_dir))
 
 # %% [markdown]
 # ## Overview
@@ -111,3 +120,13 @@ test.round(3)
 # ### What's next?
 #
 # The performance page of the same run breaks the test metrics down per class.
+
+# %% [markdown]
+# ## Resources and references
+#
+# - Lin, Goyal, Girshick, He, Dollár (2017). *Focal Loss for Dense Object Detection.* ICCV 2017, [arXiv:1708.02002](https://arxiv.org/abs/1708.02002).
+# - Cui, Jia, Lin, Song, Belongie (2019). *Class-Balanced Loss Based on Effective Number of Samples.* CVPR 2019, [arXiv:1901.05555](https://arxiv.org/abs/1901.05555).
+# - Goyal et al. (2017). *Accurate, Large Minibatch SGD* (zero-initialised residuals), [arXiv:1706.02677](https://arxiv.org/abs/1706.02677).
+# - The training loop: `imbalens.training.train` (`imbalens train --help`).
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/train.ipynb` lists its parameters).

@@ -141,3 +141,10 @@ def test_every_default_key_has_a_schema_entry() -> None:
 
     assert [k for k in leaves(DEFAULTS) if k not in SCHEMA] == []
     validate_config(merge_config(), check_root=False)  # the defaults themselves are valid
+
+
+def test_progress_is_not_part_of_the_config_hash() -> None:
+    a = merge_config(overrides=["train.progress=off"])
+    b = merge_config(overrides=["train.progress=on"])
+    assert config_hash(a) == config_hash(b)
+    assert a["train"]["progress"] == "off"  # the config itself is untouched

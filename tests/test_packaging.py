@@ -52,3 +52,43 @@ def test_make_help_lists_the_targets() -> None:
     ).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"install", "test", "study", "book", "clean", "help"} <= listed
+
+
+def test_license_file_is_mit_and_declared() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
+
+
+def test_citation_cites_the_paper_and_this_project() -> None:
+    import imbalens
+
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert cff["version"] == project["version"] == imbalens.__version__
+    paper = cff["preferred-citation"]
+    assert [a["family-names"] for a in paper["authors"]][:2] == ["Khakzar", "Li"]
+    assert paper["year"] == 2022 and "Data Imbalance" in paper["title"]
+    assert {"type": "other", "value": "arXiv:2204.01729"} in paper["identifiers"]
+
+
+def test_dev_extra_has_jupyter_and_jupytext() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    dev = [normalise(r) for r in extras["dev"]]
+    assert "imbalens[test]" in extras["dev"]
+    assert any(r.startswith(("jupyterlab", "notebook")) for r in dev), dev
+    assert any(r.startswith("jupytext") for r in dev), dev
+
+
+def test_jupytext_config_pairs_the_book() -> None:
+    cfg = tomllib.loads((REPO / "jupytext.toml").read_text())
+    assert cfg["formats"] == "book///ipynb,book///py:percent"
+    for nb in sorted((REPO / "book").glob("*.py")):
+        head = nb.read_text().split("# ---\n")[1]
+        assert "#     formats: ipynb,py:percent\n" in head, nb
+    assert "*.ipynb" in (REPO / ".gitignore").read_text().split()

@@ -1,16 +1,20 @@
 """The study end to end on the smoke grid: grid -> nbval -> jupyter-book -> headless Chromium.
 
 ``imbalens grid params/smoke.yaml`` runs the real book notebooks (a 300-image 64 px
-phantom, one short epoch per run), ``pytest --nbval-lax`` re-executes the executed
-notebooks, ``imbalens book`` builds the HTML, and Debian's Chromium (driven by
-Playwright, never a downloaded browser) loads the results page from a local HTTP server
-and checks that its tables and figures render without errors.
+phantom, one short epoch per run), strict ``pytest --nbval`` re-executes the executed
+notebooks and compares every output (volatile parts sanitized by
+``tests/nbval_sanitize.cfg``), each notebook runs again on its own defaults (they name
+this grid's first run) and one through the papermill CLI, ``imbalens book`` builds the
+HTML and ``jupyter-book build`` at a repo-like root builds the same pages, and Debian's
+Chromium (driven by Playwright, never a downloaded browser) loads the results page from
+a local HTTP server and checks that its tables and figures render without errors.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -132,22 +136,127 @@ def test_smoke_grid_rerun_skips_everything(smoke: Smoke) -> None:
     assert {p: p.stat().st_mtime_ns for p in g.rglob("*.ipynb")} == before
 
 
-def test_nbval_lax_on_executed_notebooks(smoke: Smoke) -> None:
+SANITIZE = REPO / "tests" / "nbval_sanitize.cfg"
+INLINE = "module://matplotlib_inline.backend_inline"
+
+
+def test_nbval_strict_on_executed_notebooks(smoke: Smoke) -> None:
     g = smoke.grid_dir
-    # the executed notebooks re-run as they are (injected parameters included); a copy
-    # keeps the originals for the book
+    # the executed notebooks re-run as they are (injected parameters included) and every
+    # output but images must match (tests/nbval_sanitize.cfg: Styler ids, addresses,
+    # timings, temporary paths); a copy keeps the originals for the book
     check = smoke.root / "nbval"
     shutil.copytree(g, check, ignore=shutil.ignore_patterns("_book"))
     notebooks = [str(check / rid / f"{s}.ipynb") for rid in RUN_IDS[:1] for s in STAGES]
     notebooks += [str(check / "_pages" / "data.ipynb"), str(check / "_pages" / "results.ipynb")]
-    env = dict(os.environ, MPLBACKEND="module://matplotlib_inline.backend_inline")
+    env = dict(os.environ, MPLBACKEND=INLINE)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-         "--nbval-kernel-name", "python3", "-o", "addopts=", "--rootdir", str(check), *notebooks],
+        [sys.executable, "-m", "pytest", "--nbval", "-v", "-p", "no:cacheprovider",
+         "--nbval-sanitize-with", str(SANITIZE), "--nbval-kernel-name", "python3",
+         "-o", "addopts=", "--rootdir", str(check), *notebooks],
         cwd=check, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    assert " passed" in proc.stdout and "failed" not in proc.stdout
+    compared = [line for line in proc.stdout.splitlines() if "::ipynb::Cell" in line]
+    assert compared and all("PASSED" in line for line in compared), compared
+    assert len(compared) >= 40, len(compared)
+    sys.stderr.write(f"\nstrict nbval: {len(compared)} cells compared\n")
+
+
+def test_sanitizer_masks_only_volatile_parts() -> None:
+    from nbval.plugin import get_sanitize_patterns
+
+    patterns = get_sanitize_patterns(SANITIZE.read_text())
+    assert len(patterns) == 5
+
+    def clean(text: str) -> str:
+        for regex, replace in patterns:
+            text = re.sub(regex, replace, text)
+        return text
+
+    a = '<style>#T_58293 td {}</style><table id="T_58293"> <Styler at 0x7f16335a1290>'
+    b = '<style>#T_47005 td {}</style><table id="T_47005"> <Styler at 0x7f1664182f90>'
+    assert clean(a) == clean(b)
+    assert clean("done in 3.2 s, 85 ms") == clean("done in 12.0 s, 7 ms")
+    assert clean("/tmp/pytest-of-root/pytest-7/smoke0/runs") == "/TMP/smoke0/runs"
+    # numbers of the results stay compared
+    assert clean("AUROC 0.433, IoBB 0.003") != clean("AUROC 0.434, IoBB 0.003")
+    assert clean("T-DenseNet, BCE, binary: best epoch 1") == "T-DenseNet, BCE, binary: best epoch 1"
+
+
+def test_runs_record_provenance_and_papermill_paths(smoke: Smoke) -> None:
+    from imbalens.provenance import read_provenance
+
+    for rid in RUN_IDS:
+        run = smoke.grid_dir / rid
+        prov = read_provenance(run)
+        assert prov is not None, rid
+        assert prov["config_hash"] == recorded_hash(run)
+        assert prov["packages"]["torch"] and "cpu_count" in prov["machine"]
+        for stage in STAGES:
+            meta = json.loads((run / f"{stage}.ipynb").read_text())["metadata"]["papermill"]
+            assert meta["input_path"] == str(REPO / "book" / f"{stage}.py")
+            assert meta["output_path"] == str(run / f"{stage}.ipynb")
+
+
+@pytest.fixture(scope="module")
+def repo_like(smoke: Smoke) -> Path:
+    """The smoke folder as a repository root: runs/smoke, data/ (its phantom), params/."""
+    root = smoke.root
+    if not (root / "params").exists():
+        (root / "params").symlink_to(REPO / "params")
+    return root
+
+
+def test_notebooks_run_on_their_defaults(repo_like: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imbalens.study.notebooks import error_outputs, execute
+
+    # relative defaults are resolved under $IMBALENS_REPO (here: this grid's folder)
+    monkeypatch.setenv("IMBALENS_REPO", str(repo_like))
+    monkeypatch.setenv("MPLBACKEND", INLINE)
+    out = repo_like / "defaults"
+    for page in (*STAGES, "data", "results"):
+        ex = execute(REPO / "book" / f"{page}.py", out / f"{page}.ipynb", {}, cwd=out)
+        nb = json.loads(ex.output.read_text())
+        assert nb["metadata"]["papermill"]["parameters"] == {}
+        assert not [
+            c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])
+        ]
+        import nbformat
+
+        assert not error_outputs(nbformat.reads(ex.output.read_text(), as_version=4)), page
+    train = (out / "train.ipynb").read_text()
+    assert "T-DenseNet, BCE, binary: best epoch" in train  # the smoke grid's first run
+
+
+def test_one_stage_through_the_papermill_cli(smoke: Smoke, tmp_path: Path) -> None:
+    shutil.copytree(REPO / "book", tmp_path / "book", ignore=shutil.ignore_patterns("*.ipynb"))
+    shutil.copy2(REPO / "jupytext.toml", tmp_path / "jupytext.toml")
+    subprocess.run(
+        [sys.executable, "-m", "jupytext", "--sync", "book/performance.py"],
+        cwd=tmp_path, check=True, capture_output=True,
+    )  # fmt: skip
+    helped = subprocess.run(
+        [sys.executable, "-m", "papermill", "--help-notebook", "book/performance.ipynb"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "run_dir" in helped and "runs/smoke/t-densenet-bce-binary-s0" in helped
+    run = smoke.grid_dir / RUN_IDS[1]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", "book/performance.ipynb", "out.ipynb",
+         "-p", "run_dir", str(run), "--kernel", "python3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+        env=dict(os.environ, MPLBACKEND=INLINE),
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "out.ipynb").read_text())
+    assert out["metadata"]["papermill"]["parameters"] == {"run_dir": str(run)}
+    assert not [
+        o for c in out["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"
+    ]
+    sys.stderr.write(f"\npapermill CLI, performance stage: {seconds:.1f} s\n")
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +278,56 @@ def test_book_has_every_page(built: Path) -> None:
     # papermill's injected cell is hidden by its tag
     html = (built / "runs" / RUN_IDS[0] / "performance.html").read_text()
     assert "injected-parameters" not in html and 'run_dir = "' not in html
+
+
+def test_root_build_holds_every_page_of_the_grid_book(built: Path, repo_like: Path) -> None:
+    """`jupyter-book build .` at a repository root with runs/smoke assembled."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO / name, repo_like / name)
+    if not (repo_like / "book").exists():
+        shutil.copytree(REPO / "book", repo_like / "book", ignore=shutil.ignore_patterns("*.ipynb"))
+    exe = Path(sys.executable).with_name("jupyter-book")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [str(exe), "build", str(repo_like), "--builder", "html", "--all"],
+        capture_output=True, text=True, timeout=900, check=False,
+        env=dict(os.environ, NO_COLOR="1"),
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+    assert proc.returncode == 0, text[-4000:]
+    warnings = [line for line in text.splitlines() if "WARNING" in line]
+    assert not [w for w in warnings if "favicon" in w or "_static" in w], warnings
+    html = repo_like / "_build" / "html"
+    toc = yaml.safe_load((smoke_book := built.parent.parent / "_toc.yml").read_text())
+    pages = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    prefix = built.parent.parent.relative_to(repo_like)  # runs/smoke/_book
+
+    def page_html(p: str) -> Path:  # methods is book/methods at the root, a grid page else
+        return html / "book" / "methods.html" if p == "methods" else html / prefix / f"{p}.html"
+
+    missing = [p for p in pages if not page_html(p).is_file()]
+    assert not missing, (missing, smoke_book)
+    assert (html / "_static" / "favicon.svg").is_file() and (
+        html / "_static" / "imbalens.css"
+    ).is_file()
+    run_page = (html / prefix / "runs" / RUN_IDS[0] / "train.html").read_text()
+    assert "imbalens-provenance" in run_page and "Provenance of this run: imbalens" in run_page
+    conf = (repo_like / "_build" / "html" / "index.html").read_text()
+    assert "executablebooks/jupyter-book" not in conf
+    n_pages = len(list(html.rglob("*.html"))) - len(list(html.glob("_*/**/*.html")))
+    sys.stderr.write(
+        f"\nroot build: {seconds:.0f} s, {len(warnings)} warning line(s), {n_pages} pages\n"
+    )
+
+
+def test_grid_book_pages_have_provenance_footers(built: Path) -> None:
+    run_page = (built / "runs" / RUN_IDS[0] / "alignment.html").read_text()
+    assert "Provenance of this run: imbalens" in run_page
+    index = (built / "index.html").read_text()
+    assert 'class="imbalens-provenance"' in index and "Book built with imbalens" in index
+    results = (built / "results.html").read_text()
+    assert "Provenance of the grid" in results and "config_hash" in results
 
 
 def _free_port() -> int:

@@ -2,6 +2,9 @@
 
 Each registered module exposes ``configure_parser(parser)`` (adds its flags) and
 ``cli(args) -> int`` (runs it). Adding a command is one line in :data:`COMMANDS`.
+A user error (a missing folder, a bad config value, a held lock; :data:`USER_ERRORS`)
+prints one line, ``imbalens <command>: error: <message>``, and exits 2; ``-v`` shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from imbalens import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("imbalens.data.synth", "write the chest-radiograph phantom in NIH's layout"),
@@ -22,6 +27,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: the project's user-facing error types, by module; a module not imported yet cannot
+#: have raised its error, so only imported ones are consulted (keeps the CLI light)
+USER_ERRORS: dict[str, tuple[str, ...]] = {
+    "imbalens.config": ("ConfigError",),
+    "imbalens.data.nih": ("DataError",),
+    "imbalens.data.synth": ("ForeignFolder",),
+    "imbalens.runfolder": ("LockHeld",),
+    "imbalens.training.checkpoint": ("CorruptCheckpoint",),
+    "imbalens.study.book": ("BookError",),
+    "imbalens.study.notebooks": ("NotebookFailed",),
+}
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """:data:`USER_ERRORS` resolved in the imported modules, plus missing files."""
+    found: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError]
+    for module, names in USER_ERRORS.items():
+        mod = sys.modules.get(module)
+        found += [getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)]
+    return tuple(found)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only ``command``'s module is imported to add its flags.
 
@@ -30,6 +57,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(prog="imbalens", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"imbalens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -51,23 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(importlib.import_module(args._module).cli(args) or 0)
-    except Exception as exc:  # a handled condition: one line naming the file, no traceback
-        if f"{type(exc).__module__}.{type(exc).__qualname__}" not in HANDLED:
+    except Exception as exc:  # a handled condition: its message names the file/key and the fix
+        if args.verbose or not isinstance(exc, user_error_types()):
             raise
-        logging.getLogger("imbalens").error("%s", exc)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        sys.stderr.write(f"imbalens {args.command}: error: " + "\n  ".join(lines) + "\n")
         return 2
-
-
-#: Errors whose message already names the file/key and the fix: shown without traceback.
-HANDLED = frozenset(
-    {
-        "imbalens.config.ConfigError",
-        "imbalens.data.nih.DataError",
-        "imbalens.data.synth.ForeignFolder",
-        "imbalens.runfolder.LockHeld",
-        "imbalens.training.checkpoint.CorruptCheckpoint",
-    }
-)
 
 
 if __name__ == "__main__":

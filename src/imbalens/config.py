@@ -163,8 +163,21 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(what)
 
 
+#: keys that change what is printed, never what is computed: left out of :func:`config_hash`
+DISPLAY_ONLY: tuple[str, ...] = ("train.progress",)
+
+
 def config_hash(cfg: Mapping[str, Any]) -> str:
-    """A short, stable hash of a resolved config (sorted-key JSON, sha256, 12 hex)."""
+    """A short, stable hash of a resolved config (sorted-key JSON, sha256, 12 hex).
+
+    :data:`DISPLAY_ONLY` keys are left out, so turning a progress bar on does not make a
+    grid retrain its runs.
+    """
+    cfg = copy.deepcopy(dict(cfg))
+    for key in DISPLAY_ONLY:
+        section, _, leaf = key.partition(".")
+        if isinstance(cfg.get(section), dict):
+            cfg[section].pop(leaf, None)
     blob = json.dumps(cfg, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -24,6 +24,7 @@ Layout of a run folder::
     analysis.done             ``imbalens analyse`` finished (both stages)
     <stage>.ipynb             executed notebook of each stage
     <stage>.stage.done        the grid's marker: the config hash the stage ran with
+    provenance.json           versions, git commit (dirty?), config hash, CPU/GPU
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ BASELINES = "baselines.csv"
 SENSITIVITY = "sensitivity.csv"
 NOTEBOOK = "{stage}.ipynb"
 STAGE_MARKER = "{stage}.stage.done"
+#: package versions, git commit, config hash, machine (:mod:`imbalens.provenance`)
+PROVENANCE = "provenance.json"
 
 # ------------------------------------------------------------------ grid-folder file names
 GRID_JSON = "grid.json"
@@ -162,6 +165,10 @@ class RunFolder:
     @property
     def concepts_done(self) -> Path:
         return self._p(CONCEPTS_DONE)
+
+    @property
+    def provenance(self) -> Path:
+        return self._p(PROVENANCE)
 
     @property
     def lock_file(self) -> Path:

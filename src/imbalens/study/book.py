@@ -7,8 +7,12 @@ the static pages of ``book/`` (``index.md``, ``methods.md``, ...), the grid's ex
 ``_toc.yml`` in the ``jb-book`` format: a first part with Results, Data and Methods,
 then one part per run with its stage pages in order. Cells papermill tagged
 ``injected-parameters`` and the notebooks' own ``parameters`` cells get the MyST-NB tag
-``remove-cell``, so the book hides them by tag, not by position. ``jupyter-book build``
-then writes ``_book/_build/html/``; a build whose output reports an error fails.
+``remove-cell``, so the book hides them by tag, not by position. Every page ends with a
+small provenance line (the run's ``provenance.json``), and the footer of every page
+gives the build's. ``jupyter-book build`` then writes ``_book/_build/html/``; a build
+whose output reports an error fails. ``jupyter-book build .`` at the repository root
+builds the same pages from every assembled ``runs/<grid>/_book/`` (the root
+``_toc.yml`` finds them by glob).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import yaml
@@ -30,6 +36,7 @@ import yaml
 from imbalens import runfolder as rf
 from imbalens.io import atomic_write_text
 from imbalens.paths import REPO
+from imbalens.provenance import collect, footer_line, read_provenance
 from imbalens.study.grid import STAGES, load_params
 from imbalens.study.notebooks import INJECTED_TAG, PARAMETERS_TAG, error_outputs, tag_cells
 
@@ -101,11 +108,60 @@ def _retitle(nb: nbformat.NotebookNode, suffix: str) -> None:
         return
 
 
-def _copy_notebook(src: Path, dest: Path, title_suffix: str | None, errors: list[str]) -> None:
+#: keys of the repo's ``_config.yml`` that only the root build needs (there ``book/``
+#: is a sub-folder; in ``_book/`` its content is the root and Jupyter Book finds
+#: ``_static/`` and includes its .css/.js files itself)
+ROOT_ONLY_SPHINX = ("html_static_path", "html_css_files", "html_js_files")
+#: the class of the provenance footer (styled small in ``book/_static/imbalens.css``)
+FOOTER_CLASS = "imbalens-provenance"
+
+
+def book_config(
+    cfg: dict[str, Any], grid: str, repo: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """The repo's root ``_config.yml`` adapted to a grid's ``_book/`` folder.
+
+    Title with the grid's name, execution off, the root build's ``book/_static`` paths
+    made ``_static``, and the footer of every page: the provenance of the build
+    (:func:`imbalens.provenance.footer_line`; each run page adds its run's own).
+    """
+    cfg = dict(cfg)
+    cfg["title"] = f"{cfg.get('title', 'imbalens')} ({grid})"
+    cfg.setdefault("execute", {})["execute_notebooks"] = "off"
+    cfg["only_build_toc_files"] = True
+    # the repo excludes book/ build output and runs/*/_book/_build; here runs/ holds pages
+    keep = [p for p in cfg.get("exclude_patterns", []) if not str(p).startswith(("runs", "book"))]
+    cfg["exclude_patterns"] = sorted({*keep, "_build/*"})
+    sphinx_cfg = dict((cfg.get("sphinx") or {}).get("config") or {})
+    for key in ROOT_ONLY_SPHINX:
+        sphinx_cfg.pop(key, None)
+    cfg["sphinx"] = {**(cfg.get("sphinx") or {}), "config": sphinx_cfg}
+    html = dict(cfg.get("html") or {})
+    if "favicon" in html:
+        html["favicon"] = str(html["favicon"]).removeprefix("book/")
+    line = html_escape(footer_line(collect(repo=repo)).replace(" · config -", ""))
+    html["extra_footer"] = f'<p class="{FOOTER_CLASS}">Book built with {line}</p>'
+    cfg["html"] = html
+    return cfg
+
+
+def provenance_cell(run_dir: Path | None) -> nbformat.NotebookNode:
+    """A last markdown cell: the run's provenance line (or the grid's, for grid pages)."""
+    if run_dir is not None:
+        text = f"Provenance of this run: {footer_line(read_provenance(run_dir))}"
+    else:
+        text = "Provenance of the grid's runs: see the table at the end of the results page."
+    return nbformat.v4.new_markdown_cell(f'<p class="{FOOTER_CLASS}">{html_escape(text)}</p>')
+
+
+def _copy_notebook(
+    src: Path, dest: Path, title_suffix: str | None, errors: list[str], run_dir: Path | None = None
+) -> None:
     nb = nbformat.read(src, as_version=4)
     tag_cells(nb, HIDE_RULES)
     if title_suffix:
         _retitle(nb, title_suffix)
+    nb.cells.append(provenance_cell(run_dir))
     for err in error_outputs(nb):
         errors.append(f"{src}: {err}")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -166,18 +222,13 @@ def assemble(
             continue
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
-    cfg = yaml.safe_load((repo / "_config.yml").read_text()) or {}
-    cfg["title"] = f"{cfg.get('title', 'imbalens')} ({g.name})"
-    cfg.setdefault("execute", {})["execute_notebooks"] = "off"
-    cfg["only_build_toc_files"] = True
-    # the repo excludes its runs/ folder; in the book, runs/ holds the run pages
-    keep = [p for p in cfg.get("exclude_patterns", []) if not str(p).startswith("runs")]
-    cfg["exclude_patterns"] = sorted({*keep, "_build/*"})
+    cfg = book_config(yaml.safe_load((repo / "_config.yml").read_text()) or {}, g.name, repo)
     atomic_write_text(root / "_config.yml", yaml.safe_dump(cfg, sort_keys=False))
 
     static = repo / "book"
     for item in static.iterdir():
-        if item.suffix == ".py" or item.name.startswith((".", "_build", "__")):
+        # .py: the notebook sources; .ipynb: their jupytext pairs (not executed pages)
+        if item.suffix in (".py", ".ipynb") or item.name.startswith((".", "_build", "__")):
             continue
         dest = root / item.name
         shutil.copytree(item, dest) if item.is_dir() else shutil.copy2(item, dest)
@@ -203,7 +254,11 @@ def assemble(
             executed = g / rid / rf.NOTEBOOK.format(stage=stage)
             if executed.is_file():
                 _copy_notebook(
-                    executed, root / "runs" / rid / rf.NOTEBOOK.format(stage=stage), rid, errors
+                    executed,
+                    root / "runs" / rid / rf.NOTEBOOK.format(stage=stage),
+                    rid,
+                    errors,
+                    g / rid,
                 )
                 pages.append(f"runs/{rid}/{stage}")
         if pages:

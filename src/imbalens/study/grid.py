@@ -65,6 +65,7 @@ from imbalens.config import (
     yaml_problem,
 )
 from imbalens.paths import NOTEBOOK_DIR, REPO
+from imbalens.provenance import write_provenance
 from imbalens.study.notebooks import (
     NotebookFailed,
     die_with_parent,
@@ -518,6 +519,8 @@ def _execute_stage(
     run_id: str, run_dir: Path, chash: str, stage: str, notebook_dir: Path, threads: int | None
 ) -> StageResult:
     """Execute one stage's notebook and mark it done (with its outputs' checksums)."""
+    log.info("%s / %s started", run_id, stage)
+    write_provenance(run_dir, chash=chash)
     try:
         ex = execute(
             notebook_dir / f"{stage}.py",
@@ -685,10 +688,10 @@ def _write_grid_json(report: GridReport, spec: GridSpec, started: str) -> None:
 
 
 def _progress(total: int, enabled: bool | None) -> Any:
-    from tqdm import tqdm
+    """A tqdm bar on a terminal and, always, one log line per stage with the grid's ETA."""
+    from imbalens.training.progress import GridProgress
 
-    disable = (not sys.stderr.isatty()) if enabled is None else not enabled
-    return tqdm(total=total, desc="stages", unit="stage", disable=disable)
+    return GridProgress(total, enabled)
 
 
 def _run_pages(

@@ -25,6 +25,8 @@ from typing import Any
 import jupytext
 import nbformat
 
+from imbalens.io import atomic_path
+
 log = logging.getLogger(__name__)
 
 KERNEL_NAME = "python3"
@@ -233,6 +235,7 @@ def execute(
             raise KeyboardInterrupt from exc
         kept: Path | None = None
         if partial.exists():
+            record_paths(partial, source, failed)
             os.replace(partial, failed)
             kept = failed
         first = str(exc).strip().splitlines()
@@ -241,9 +244,33 @@ def execute(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    record_paths(partial, source, out)
     os.replace(partial, out)
     failed.unlink(missing_ok=True)
     return Execution(out, time.perf_counter() - t0)
+
+
+def record_paths(
+    notebook: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    final: str | os.PathLike[str],
+) -> None:
+    """Set ``metadata.papermill.input_path``/``output_path`` to the real source and name.
+
+    Papermill records what it was given: the in-memory notebook read from the jupytext
+    source (a whole notebook dict) and the hidden ``.partial`` name it saved to.
+    """
+    p = Path(notebook)
+    try:
+        nb = nbformat.read(p, as_version=4)
+    except (OSError, ValueError) as exc:  # an unreadable partial is reported by the caller
+        log.debug("record_paths: %s unreadable (%s)", p, exc)
+        return
+    pm = nb.metadata.setdefault("papermill", {})
+    pm["input_path"] = str(Path(source).resolve())
+    pm["output_path"] = str(Path(final).resolve())
+    with atomic_path(p) as tmp:
+        nbformat.write(nb, str(tmp))
 
 
 def tag_cells(nb: nbformat.NotebookNode, rules: Mapping[str, tuple[str, ...]]) -> int:

@@ -50,7 +50,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from imbalens import runfolder as rf
 from imbalens.config import (
@@ -83,6 +82,7 @@ from imbalens.training.evaluate import (
     write_predictions,
 )
 from imbalens.training.precision import autocast_context, make_grad_scaler, resolve_precision
+from imbalens.training.progress import parse_progress, step_progress
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def train_one_epoch(
     n_steps: int,
     info: DistInfo,
     on_step: Callable[[Progress], None] | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> None:
     """Run optimiser steps ``state.step .. n_steps-1`` of epoch ``state.epoch``.
 
@@ -244,12 +244,8 @@ def train_one_epoch(
     """
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    bar = tqdm(
-        total=n_steps,
-        initial=state.step,
-        desc=f"epoch {state.epoch + 1}",
-        disable=not progress,
-        leave=False,
+    bar = step_progress(
+        progress, n_steps, state.step, f"epoch {state.epoch + 1}", int(loader.batch_size or 1)
     )
     batches = iter(loader)
     while state.step < n_steps:
@@ -376,7 +372,8 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     precision = resolve_precision(t["precision"], device)
     channels_last = bool(t["channels_last"])
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    bars = progress_enabled(t["progress"], info)
+    mode = parse_progress(t["progress"])  # auto | on | off (YAML true/false), else an error
+    bars = progress_enabled(mode, info)
     say = log.info if info.is_main else log.debug  # one summary line per epoch, not per rank
     seed = int(t["seed"])
     seed_everything(seed, deterministic=device.type == "cpu")
@@ -502,7 +499,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
             n_steps,
             info,
             on_step,
-            bars,
+            mode if info.is_main else "off",
         )
         sync_buffers(model, info)
         val_loss, val_perf = evaluate(
