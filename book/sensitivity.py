@@ -1,7 +1,8 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -12,8 +13,8 @@
 # # Sensitivity: do the loss rankings survive other analysis choices?
 
 # %% tags=["parameters"]
-# the grid folder (papermill injects the absolute path)
-grid_dir = "runs/quick"
+# the grid folder (papermill injects the absolute path); relative to the repository root
+grid_dir = "runs/smoke"
 # the first N boxed images of each run are re-analysed (None: all)
 max_images = 64
 
@@ -47,6 +48,12 @@ max_images = 64
 # - **Time to learn**: 10 minutes
 #
 # ## Imports
+
+# %% tags=["remove-cell"]
+# a relative path names a folder under the repository root ($IMBALENS_REPO)
+from imbalens.paths import repo_path
+
+grid_dir = str(repo_path(grid_dir))
 
 # %%
 from IPython.display import display

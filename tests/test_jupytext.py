@@ -51,7 +51,7 @@ def _added(before: str, after: str) -> list[str]:
 
 
 def test_sources_are_paired_and_sync_does_not_churn(checkout: Path) -> None:
-    assert len(SOURCES) == 6
+    assert len(SOURCES) == 7
     before = {n: (checkout / "book" / n).read_bytes() for n in SOURCES}
     out = jupytext(checkout, "--sync", *[f"book/{n}" for n in SOURCES])
     assert "not a paired notebook" not in out

@@ -86,7 +86,9 @@ def test_smoke_grid_ran_every_stage(smoke: Smoke) -> None:
     gj = json.loads((g / "grid.json").read_text())
     assert [r["id"] for r in gj["runs"]] == RUN_IDS
     assert {r["status"] for r in gj["runs"]} == {"done"}
-    assert {p: v["status"] for p, v in gj["pages"].items()} == {"data": "done", "results": "done"}
+    assert {p: v["status"] for p, v in gj["pages"].items()} == {
+        "data": "done", "results": "done", "sensitivity": "done"
+    }
     # the phantom was generated at the overridden root, which the configs name absolutely
     assert (smoke.root / "data" / "phantom.json").is_file()
     for rid in RUN_IDS:
@@ -215,7 +217,7 @@ def test_notebooks_run_on_their_defaults(repo_like: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("IMBALENS_REPO", str(repo_like))
     monkeypatch.setenv("MPLBACKEND", INLINE)
     out = repo_like / "defaults"
-    for page in (*STAGES, "data", "results"):
+    for page in (*STAGES, "data", "results", "sensitivity"):
         ex = execute(REPO / "book" / f"{page}.py", out / f"{page}.ipynb", {}, cwd=out)
         nb = json.loads(ex.output.read_text())
         assert nb["metadata"]["papermill"]["parameters"] == {}
