@@ -87,7 +87,9 @@ def test_smoke_grid_ran_every_stage(smoke: Smoke) -> None:
     assert [r["id"] for r in gj["runs"]] == RUN_IDS
     assert {r["status"] for r in gj["runs"]} == {"done"}
     assert {p: v["status"] for p, v in gj["pages"].items()} == {
-        "data": "done", "results": "done", "sensitivity": "done"
+        "data": "done",
+        "results": "done",
+        "sensitivity": "done",
     }
     # the phantom was generated at the overridden root, which the configs name absolutely
     assert (smoke.root / "data" / "phantom.json").is_file()

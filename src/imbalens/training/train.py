@@ -236,8 +236,11 @@ def train_one_epoch(
 ) -> None:
     """Run optimiser steps ``state.step .. n_steps-1`` of epoch ``state.epoch``.
 
-    The per-step loss (mean over ranks) is summed into ``state.loss_sum``; ``on_step`` is
-    called after every step (checkpointing, the crash hook).
+    The per-step loss of the global batch is summed into ``state.loss_sum``; ``on_step``
+    is called after every step (checkpointing, the crash hook). DDP averages gradients
+    over ranks, which is the global batch's gradient for a ``mean`` loss; a ``sum`` loss
+    (the paper's reduction) is scaled by the world size W before ``backward``, so that
+    W ranks of batch B/W take the step one process of batch B takes (tests/test_ddp.py).
 
     Raises:
         FloatingPointError: a non-finite loss (fp32/bf16), naming epoch and step.
@@ -247,6 +250,8 @@ def train_one_epoch(
     bar = step_progress(
         progress, n_steps, state.step, f"epoch {state.epoch + 1}", int(loader.batch_size or 1)
     )
+    # sum over the global batch = W x the mean over ranks of each rank's sum
+    ranks = info.world_size if getattr(criterion, "reduction", "mean") == "sum" else 1
     batches = iter(loader)
     while state.step < n_steps:
         batch = next(batches)
@@ -262,14 +267,14 @@ def train_one_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(loss * ranks).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
+            (loss * ranks).backward()
             optimizer.step()
         scheduler.step()
-        state.loss_sum += all_reduce_mean(loss.item(), info, device)
+        state.loss_sum += ranks * all_reduce_mean(loss.item(), info, device)
         state.step += 1
         state.global_step += 1
         bar.update(1)
