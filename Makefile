@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# tcmalloc speeds up CPU training (see benchmarks/speed.py); `make install` installs it
+# tcmalloc for CPU training (benchmarks/speed.py); `make install` installs it
 # when it can (root + apt) and says once when it cannot. Looked up when a command runs,
 # so a `make test` that installs first also gets it.
 TCMALLOC_GLOB := /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4
@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@if ls $(TCMALLOC_GLOB) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "install: libtcmalloc-minimal4 (faster CPU training) with apt-get"; \
+	  echo "install: libtcmalloc-minimal4 (the CPU allocator make bench measures) with apt-get"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
 	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; } || \
-	  echo "install: apt-get could not install libtcmalloc-minimal4; CPU training uses glibc malloc (slower)"; \
-	else echo "install: tcmalloc not found and not root: CPU training uses glibc malloc (slower); as root: apt-get install libtcmalloc-minimal4"; fi
+	  echo "install: apt-get could not install libtcmalloc-minimal4; CPU training runs on glibc malloc (compare with make bench)"; \
+	else echo "install: tcmalloc not found (not root, or no apt-get): CPU training runs on glibc malloc; to add it: apt-get install libtcmalloc-minimal4"; fi
 	touch $@
 
 install: $(STAMP) ## make .venv (python3 -m venv + pip install -e .[test,dask])

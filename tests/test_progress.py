@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from imbalens.config import ConfigError
+from imbalens.data.synth import generate
 from imbalens.training.progress import (
     GridProgress,
     StepLines,
@@ -136,8 +137,6 @@ def test_grid_logs_stage_start_end_and_eta(
     nb.mkdir()
     for stage in ("train", "performance"):
         (nb / f"{stage}.py").write_text(STAGE)
-    from imbalens.data.synth import generate
-
     # the stub stages read nothing, but the grid pre-flights data.root
     generate(tmp_path / "data", n_images=12, size=16, seed=0, workers=1)
     params = tmp_path / "p.yaml"
