@@ -19,6 +19,7 @@ from imbalens import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("imbalens.data.synth", "write the chest-radiograph phantom in NIH's layout"),
+    "prepare": ("imbalens.data.prepared", "decode and resize a data set once into uint8 shards"),
     "train": ("imbalens.training.train", "train one run from a YAML config"),
     "evaluate": ("imbalens.training.evaluate", "evaluate a trained run's best checkpoint"),
     "analyse": ("imbalens.explain.analyse", "performance, CAM alignment and concepts of a run"),
@@ -33,6 +34,7 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "imbalens.config": ("ConfigError",),
     "imbalens.data.nih": ("DataError",),
     "imbalens.data.synth": ("ForeignFolder",),
+    "imbalens.data.prepared": ("StaleCache",),
     "imbalens.runfolder": ("LockHeld",),
     "imbalens.training.checkpoint": ("CorruptCheckpoint",),
     "imbalens.study.book": ("BookError",),

@@ -33,6 +33,12 @@ DEFAULTS: dict[str, Any] = {
         "missing": "error",  # error | skip  (images listed but absent)
         "cache": False,  # keep decoded images in memory (small data sets)
         "augment": True,  # random resized crop, flip, colour jitter on train
+        # folder of a prepared-image cache (imbalens prepare): uint8 shards read instead of
+        # decoding PNGs; null = decode the PNGs
+        "prepared": None,
+        # where the train augmentation runs: loader (per image, torchvision v2, in the
+        # DataLoader workers) | device (whole batches in tensor ops on the training device)
+        "augment_on": "loader",
     },
     "model": {
         "name": "resnet50",  # resnet50 | t-densenet
@@ -60,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "workers": 0,
         "seed": 2022,
         "max_steps_per_epoch": None,  # cap for smoke runs
+        "patience": None,  # early stopping: epochs without a better val AUROC (null: off)
         "checkpoint_every_steps": None,  # also save last.pt every N optimiser steps
         "sync_bn": False,  # SyncBatchNorm under DDP (CUDA only)
         "device": "auto",  # auto | cpu | cuda
@@ -247,6 +254,8 @@ SCHEMA: dict[str, Check] = {
     "data.missing": Check((str,), choices=("error", "skip")),
     "data.cache": Check((bool,)),
     "data.augment": Check((bool,)),
+    "data.prepared": Check((str,), null=True),
+    "data.augment_on": Check((str,), choices=("loader", "device")),
     "model.name": Check((str,), choices=MODEL_NAMES),
     "model.weights": Check((str,), null=True),
     "model.zero_init_residual": Check((bool,)),
@@ -267,6 +276,7 @@ SCHEMA: dict[str, Check] = {
     "train.workers": Check(_INT, lo=0),
     "train.seed": Check(_INT, lo=0),
     "train.max_steps_per_epoch": Check(_INT, lo=1, null=True),
+    "train.patience": Check(_INT, lo=1, null=True),
     "train.checkpoint_every_steps": Check(_INT, lo=1, null=True),
     "train.sync_bn": Check((bool,)),
     "train.device": Check((str,), choices=("auto", "cpu", "cuda")),

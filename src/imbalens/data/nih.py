@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,9 @@ from imbalens.data.transforms import (
     normalize,
     resize_grey,
 )
+
+if TYPE_CHECKING:
+    from imbalens.data.prepared import PreparedImages
 
 __all__ = [
     "BBOX_LIST",
@@ -447,6 +450,11 @@ class NIHDataset(torch.utils.data.Dataset):
     shared memory (a ``torch`` tensor with a numpy view, :attr:`cache`), filled on first
     use or by :meth:`preload`; DataLoader workers (fork or spawn) write and read the same
     memory, so every image is decoded once.
+    With ``prepared`` (:class:`imbalens.data.prepared.PreparedImages`, made once by
+    ``imbalens prepare``) images are read from memory-mapped uint8 shards instead of
+    decoded. With ``raw=True`` item ``image`` is the ``uint8 (1, S, S)`` image itself, not
+    augmented or normalised: the trainer augments whole batches on its device
+    (:func:`imbalens.data.transforms.augment_batch`, ``data.augment_on: device``).
 
     Attributes:
         names: image file names, in item order.
@@ -462,6 +470,8 @@ class NIHDataset(torch.utils.data.Dataset):
         augment: bool = False,
         cache: bool = False,
         boxes: Sequence[np.ndarray] | None = None,
+        prepared: PreparedImages | None = None,
+        raw: bool = False,
     ) -> None:
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {image_size}")
@@ -470,8 +480,23 @@ class NIHDataset(torch.utils.data.Dataset):
         self.targets = np.asarray(targets, dtype=np.float32)
         self.image_size = int(image_size)
         self.augment = bool(augment)
+        self.raw = bool(raw)
+        if prepared is not None:
+            if prepared.image_size != self.image_size:
+                raise ValueError(
+                    f"prepared cache {prepared.folder} holds {prepared.image_size} px images, "
+                    f"the data set needs {self.image_size} px"
+                )
+            absent = [n for n in self.names if n not in prepared]
+            if absent:
+                raise DataError(
+                    f"{len(absent)} image(s) not in the prepared cache {prepared.folder}, "
+                    f"e.g. {_name_some(absent)}: re-run imbalens prepare"
+                )
+            cache = False  # the shards are the cache
+        self._prepared = prepared
         self._boxes = None if boxes is None else [np.asarray(b, dtype=np.float64) for b in boxes]
-        self._augment = build_augment(self.image_size) if augment else None
+        self._augment = build_augment(self.image_size) if augment and not raw else None
         self._cache: torch.Tensor | None = None
         self._filled: torch.Tensor | None = None
         if cache:
@@ -499,6 +524,8 @@ class NIHDataset(torch.utils.data.Dataset):
 
     def load_uint8(self, index: int) -> np.ndarray:
         """Image ``index`` decoded and square-resized: ``uint8 (S, S)`` (cached if enabled)."""
+        if self._prepared is not None:
+            return self._prepared[self.names[index]]
         if self._cache is not None and self._filled is not None and bool(self._filled[index]):
             return self._cache[index].numpy()
         image = resize_grey(read_image(self.paths[index]), self.image_size)
@@ -546,7 +573,7 @@ class NIHDataset(torch.utils.data.Dataset):
             else:
                 image = self._augment(tv_tensors.Image(image))
             image = image.as_subclass(torch.Tensor)
-        item["image"] = normalize(image)
+        item["image"] = image if self.raw else normalize(image)
         item["target"] = torch.from_numpy(self.targets[index].copy())
         if mask is not None:
             item["box_mask"] = mask
@@ -625,10 +652,17 @@ class NIHData:
         return _scale_boxes(self._release_boxes[keep], image_size)
 
     def dataset(
-        self, split: str, image_size: int, augment: bool = False, cache: bool = False
+        self,
+        split: str,
+        image_size: int,
+        augment: bool = False,
+        cache: bool = False,
+        prepared: PreparedImages | None = None,
+        raw: bool = False,
     ) -> NIHDataset:
         """A :class:`NIHDataset` of ``split``; for "boxed" items carry ``box_mask`` and
-        ``has_box`` (augmentation, if asked for, moves the masks with the image)."""
+        ``has_box`` (augmentation, if asked for, moves the masks with the image).
+        ``prepared`` and ``raw``: see :class:`NIHDataset`."""
         rows = self._rows(split)
         paths = self.table["path"].to_numpy()[rows].tolist()
         boxes = None
@@ -641,7 +675,9 @@ class NIHData:
                 by_image.setdefault(name, []).append(row)
             names = self.table["image"].to_numpy()[rows]
             boxes = [np.stack(by_image[n]) for n in names]
-        return NIHDataset(paths, self._targets[rows], image_size, augment, cache, boxes)
+        return NIHDataset(
+            paths, self._targets[rows], image_size, augment, cache, boxes, prepared, raw
+        )
 
 
 def _targets(labels: pd.Series, task: str, include_no_finding: bool) -> np.ndarray:

@@ -14,14 +14,23 @@ $$ x_c = (v / 255 - \\mu_c) / \\sigma_c, \\qquad \\mu = (0.485, 0.456, 0.406),\\
 
 Box masks (``torchvision.tv_tensors.Mask``) go through the same geometric transforms
 (nearest-neighbour) and are left alone by the colour jitter, so boxes follow the crop.
+
+:func:`augment_batch` is the same augmentation on a whole ``uint8`` batch in tensor ops
+(one ``affine_grid`` + ``grid_sample`` for crop, resize and flip; the jitter as two
+broadcast multiplies), run on the training device after the batch is transferred
+(``data.augment_on: device``): the loader then only copies bytes (from a prepared cache,
+:mod:`imbalens.data.prepared`), which is what keeps a GPU fed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -63,6 +72,106 @@ def build_augment(image_size: int) -> Callable:
             v2.ColorJitter(brightness=JITTER, contrast=JITTER),
         ]
     )
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """One batch's augmentation draws, each a float tensor ``(B,)``.
+
+    Crop width ``w``, height ``h`` and top-left ``x0``, ``y0`` as fractions of the side;
+    ``flip`` is -1 (mirrored) or 1; ``brightness`` and ``contrast`` are jitter factors.
+    """
+
+    w: torch.Tensor
+    h: torch.Tensor
+    x0: torch.Tensor
+    y0: torch.Tensor
+    flip: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+
+    @classmethod
+    def draw(cls, n: int, generator: torch.Generator) -> BatchAugment:
+        """Draws for ``n`` images from ``generator`` (on its device).
+
+        Area fraction $a \\sim U(0.7, 1)$ and log aspect $\\log r \\sim U(\\log 3/4,
+        \\log 4/3)$ as in ``RandomResizedCrop``; $w = \\sqrt{a r}$, $h = \\sqrt{a / r}$,
+        clipped to 1 (torchvision re-draws up to 10 times instead, then falls back to a
+        centre crop); offsets uniform over the positions that keep the crop inside; flip
+        with p = 1/2; $b, c \\sim U(0.8, 1.2)$.
+        """
+        u = torch.rand((7, n), generator=generator, device=generator.device)
+        area = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * u[0]
+        lo, hi = math.log(3 / 4), math.log(4 / 3)
+        ratio = torch.exp(lo + (hi - lo) * u[1])
+        w = torch.sqrt(area * ratio).clamp(max=1.0)
+        h = torch.sqrt(area / ratio).clamp(max=1.0)
+        return cls(
+            w=w,
+            h=h,
+            x0=(1 - w) * u[2],
+            y0=(1 - h) * u[3],
+            flip=torch.where(u[4] < 0.5, -1.0, 1.0),
+            brightness=1 - JITTER + 2 * JITTER * u[5],
+            contrast=1 - JITTER + 2 * JITTER * u[6],
+        )
+
+    @classmethod
+    def identity(cls, n: int, device: torch.device | str = "cpu") -> BatchAugment:
+        """No crop, no flip, no jitter."""
+        one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
+        return cls(one, one, zero, zero, one, one, one)
+
+
+def augment_batch(
+    images: torch.Tensor,
+    generator: torch.Generator | BatchAugment,
+    masks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training augmentation on a ``uint8`` batch ``(B, 1, S, S)``, in tensor ops.
+
+    With draws $(x_0, y_0, w, h, f, b, c)$ (:meth:`BatchAugment.draw`, or given), the
+    output pixel at normalised coordinates $(u, v) \\in [-1, 1]^2$ samples the input at
+    $$ x = (2 x_0 + w - 1) + f\\, w\\, u, \\qquad y = (2 y_0 + h - 1) + h\\, v $$
+    (``affine_grid`` + bilinear ``grid_sample``, ``align_corners=False``, border padding;
+    the crop's outermost half pixel blends with its neighbour outside, where torchvision's
+    crop-then-resize repeats the edge), then brightness
+    $v \\leftarrow \\mathrm{clip}(b v)$ and contrast
+    $v \\leftarrow \\mathrm{clip}(c (v - \\bar v) + \\bar v)$, $\\bar v$ the image's mean
+    (torchvision's ``ColorJitter`` applies the two in random order; here it is fixed).
+    Masks ``(B, K, S, S)`` follow the geometry (nearest). Returns float32
+    ``(B, 3, S, S)`` ImageNet-normalised (:func:`normalize_batch`) and the masks (bool).
+    """
+    n = images.shape[0]
+    p = generator if isinstance(generator, BatchAugment) else BatchAugment.draw(n, generator)
+    theta = torch.zeros((n, 2, 3), device=images.device)
+    theta[:, 0, 0] = p.flip * p.w
+    theta[:, 0, 2] = 2 * p.x0 + p.w - 1
+    theta[:, 1, 1] = p.h
+    theta[:, 1, 2] = 2 * p.y0 + p.h - 1
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    x = images.to(torch.float32).div_(255.0)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    x = (x * p.brightness.view(n, 1, 1, 1)).clamp_(0.0, 1.0)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * p.contrast.view(n, 1, 1, 1) + mean).clamp_(0.0, 1.0)
+    out_masks = None
+    if masks is not None:
+        m = masks.to(torch.float32)
+        m = F.grid_sample(m, grid, mode="nearest", padding_mode="border", align_corners=False)
+        out_masks = m > 0.5
+    return _normalize_float(x), out_masks
+
+
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """Grey ``uint8`` ``(B, 1, S, S)`` -> float32 ``(B, 3, S, S)``: :func:`normalize` per image."""
+    return _normalize_float(images.to(torch.float32).div_(255.0))
+
+
+def _normalize_float(x: torch.Tensor) -> torch.Tensor:
+    mean = _MEAN.to(x.device)
+    std = _STD.to(x.device)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
