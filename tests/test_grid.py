@@ -211,7 +211,7 @@ def test_select_glob_and_substring() -> None:
 
 def test_repo_params_files_parse() -> None:
     repo = Path(__file__).resolve().parents[1]
-    expected = {"quick": 16, "smoke": None, "nih-mini": 16, "paper": 16}
+    expected = {"quick": 16, "smoke": None, "nih-mini": 16, "paper": 16, "phantom-gpu": 48}
     for name, n in expected.items():
         spec = load_params(repo / "params" / f"{name}.yaml")
         runs = expand(spec, cwd=repo)
@@ -224,6 +224,18 @@ def test_repo_params_files_parse() -> None:
     assert {r.config["loss"]["name"] for r in quick} == {"bce", "wbce", "focal", "cbfocal"}
     assert {r.config["model"]["name"] for r in quick} == {"resnet50", "t-densenet"}
     assert {r.config["data"]["task"] for r in quick} == {"binary", "multilabel"}
+    # every run config passes the schema (roots and the GPU are checked where they run)
+    from imbalens import config
+
+    for name in expected:
+        for r in expand(load_params(repo / "params" / f"{name}.yaml"), cwd=repo):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(config, "_cuda_available", lambda: True)
+                config.validate_config(r.config, name, check_root=False)
+    gpu = expand(load_params(repo / "params" / "phantom-gpu.yaml"), cwd=repo)
+    assert {r.config["train"]["seed"] for r in gpu} == {0, 1, 2}
+    assert {r.config["data"]["augment_on"] for r in gpu} == {"device"}
+    assert all(Path(r.config["data"]["prepared"]).is_absolute() for r in gpu)
 
 
 # ----------------------------------------------------------------------------- running

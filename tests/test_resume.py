@@ -5,7 +5,9 @@ config started as ``python -m imbalens.cli train`` in a subprocess that ends its
 ``os._exit`` right after optimiser step 7 (the test hook ``IMBALENS_TEST_CRASH_AFTER_STEP``)
 while checkpoints are saved every 3 steps: its ``last.pt`` holds epoch 2, step 2 of 4 (global
 step 6), so step 7 is lost and must be redone. B is then resumed (with a DataLoader worker,
-which must not change anything) and must give A's metrics, history and weights.
+which must not change anything) and must give A's metrics, history and weights. Both with
+the per-image augmentation in the loader and with the batched one on the device (whose
+crops are drawn from a generator seeded by (seed, rank, global step)).
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ import pytest
 import yaml
 
 from imbalens.config import merge_config
+from imbalens.data.prepared import prepare
 from imbalens.training.checkpoint import load_checkpoint
 from imbalens.training.train import CRASH_ENV, CRASH_EXIT_CODE, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _config(root: Path) -> dict:
+def _config(root: Path, data: dict | None = None) -> dict:
     cfg = merge_config(
         {
-            "data": {"root": str(root), "image_size": 32, "augment": True},
+            "data": {"root": str(root), "image_size": 32, "augment": True, **(data or {})},
             "model": {"name": "t-densenet"},
             "loss": {"name": "cbfocal"},
             "train": {
@@ -53,8 +56,16 @@ def _without_seconds(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "seconds"}
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_phantom: Path, tmp_path: Path) -> None:
-    cfg = _config(tiny_phantom)
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_killed_run_resumes_to_the_same_result(
+    tiny_phantom: Path, tmp_path: Path, augment_on: str
+) -> None:
+    data: dict = {"augment_on": augment_on}
+    if augment_on == "device":  # batches augmented in the loop, images from a prepared cache
+        data["prepared"] = str(
+            prepare(tiny_phantom, tmp_path / "cache", 32, workers=1).folder.parent
+        )
+    cfg = _config(tiny_phantom, data)
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     train(cfg, run_a)
 

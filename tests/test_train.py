@@ -39,8 +39,10 @@ from imbalens.training.evaluate import evaluate_run, sigmoid
 from imbalens.training.precision import autocast_context, cpu_supports_bf16, resolve_precision
 from imbalens.training.train import (
     HISTORY_COLUMNS,
+    Progress,
     WarmupCosine,
     build_scheduler,
+    plateaued,
     train,
 )
 
@@ -405,3 +407,26 @@ def test_resume_with_another_config_is_an_error(tmp_path: Path, tiny_phantom: Pa
     with pytest.raises(ConfigError, match="another config"):
         train(cfg, out)
     assert not (out / "config.yaml").exists()  # the run folder is left as it was
+
+
+def test_patience_stops_at_a_validation_plateau(tiny_phantom: Path, tmp_path: Path) -> None:
+    cfg = merge_config(
+        {
+            "data": {"root": str(tiny_phantom), "image_size": 32},
+            "model": {"name": "t-densenet"},
+            "train": {"epochs": 6, "batch_size": 16, "max_steps_per_epoch": 1, "lr": 1e-9}
+            | {"precision": "fp32", "progress": "off", "patience": 1},
+        }
+    )
+    train(cfg, tmp_path / "run")
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    best, stop = -np.inf, None
+    for e, score in enumerate(history["val_auroc_mean"], start=1):
+        if score > best:
+            best, best_epoch = score, e
+        elif e - best_epoch >= 1:
+            stop = e
+            break
+    assert stop is not None and len(history) == stop < 6
+    state = Progress(epoch=stop, best_epoch=best_epoch)
+    assert plateaued(state, 1) and not plateaued(state, None) and not plateaued(state, 9)

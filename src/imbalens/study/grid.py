@@ -234,11 +234,13 @@ def format_run_id(template: str, cfg: Mapping[str, Any]) -> str:
 
 
 def _absolute_roots(cfg: dict[str, Any], cwd: Path) -> None:
-    root = cfg["data"].get("root")
-    if root is not None and not Path(str(root)).expanduser().is_absolute():
-        cfg["data"]["root"] = str((cwd / str(root)).resolve())
-    elif root is not None:
-        cfg["data"]["root"] = str(Path(str(root)).expanduser())
+    """``data.root`` and ``data.prepared`` made absolute against ``cwd`` (``~`` expanded)."""
+    for key in ("root", "prepared"):
+        path = cfg["data"].get(key)
+        if path is not None and not Path(str(path)).expanduser().is_absolute():
+            cfg["data"][key] = str((cwd / str(path)).resolve())
+        elif path is not None:
+            cfg["data"][key] = str(Path(str(path)).expanduser())
 
 
 def expand(
@@ -852,7 +854,8 @@ def validate_grid(plan: GridPlan) -> None:
 
 
 def _prepare_data(plan: GridPlan) -> None:
-    """Write the phantom where one is wanted, then pre-flight every data root (seconds).
+    """Write the phantom where one is wanted, pre-flight every data root (seconds), then
+    build the prepared-image caches the runs name (``data.prepared``).
 
     Raises:
         ConfigError: a data root that cannot be read (lists, CSVs, images), naming it.
@@ -867,6 +870,31 @@ def _prepare_data(plan: GridPlan) -> None:
             preflight(root, missing=cfg.get("missing", "error"))
         except (DataError, FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"{_where(plan.spec.path)}: data.root {root}: {exc}") from None
+    _prepare_caches(plan)
+
+
+def _prepare_caches(plan: GridPlan) -> None:
+    """Build (or keep, when up to date) each prepared-image cache the runs name.
+
+    One :func:`imbalens.data.prepared.prepare` per distinct (data.root, data.prepared,
+    data.image_size), before any run starts, so that parallel runs only read it.
+    """
+    from imbalens.data.prepared import prepare
+
+    wanted = {
+        (d["root"], d["prepared"], int(d["image_size"]))
+        for d in (r.config["data"] for r in plan.chosen)
+        if d.get("prepared")
+    }
+    for root, cache, size in sorted(wanted):
+        r = prepare(root, cache, size)
+        log.info(
+            "prepared cache %s: %d images, %s in %.0f s",
+            r.folder,
+            r.images,
+            "built" if r.built else "up to date",
+            r.seconds,
+        )
 
 
 def _initial_results(plan: GridPlan) -> dict[str, RunResult]:

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imbalens import runfolder as rf
 from imbalens.config import (
+    DEFAULTS,
     ConfigError,
     atomic_write_text,
     config_hash,
@@ -60,6 +61,8 @@ from imbalens.config import (
     load_config,
     merge_config,
 )
+from imbalens.data.prepared import open_prepared
+from imbalens.data.transforms import augment_batch, normalize_batch
 from imbalens.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imbalens.training.distributed import (
     DistInfo,
@@ -206,15 +209,58 @@ def load_data(cfg: dict[str, Any]) -> tuple[Any, dict[str, Dataset]]:
     """The NIH-layout data (real or phantom) and its train/val/test data sets."""
     from imbalens.data.nih import load_nih_from_config
 
-    d = cfg["data"]
+    d = {**DEFAULTS["data"], **cfg["data"]}
     data = load_nih_from_config(d)
     size, cache = int(d["image_size"]), bool(d["cache"])
+    prepared = open_prepared(d["root"], d["prepared"], size) if d["prepared"] else None
+    raw = d["augment_on"] == "device"  # train items stay uint8; the loop augments batches
     datasets = {
-        "train": data.dataset("train", size, augment=bool(d["augment"]), cache=cache),
-        "val": data.dataset("val", size, augment=False, cache=cache),
-        "test": data.dataset("test", size, augment=False, cache=cache),
+        "train": data.dataset("train", size, bool(d["augment"]), cache, prepared=prepared, raw=raw),
+        "val": data.dataset("val", size, False, cache, prepared=prepared),
+        "test": data.dataset("test", size, False, cache, prepared=prepared),
     }
     return data, datasets
+
+
+def model_input(
+    images: torch.Tensor,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """A loader batch on ``device`` as model input.
+
+    Float batches (augmented and normalised per image in the loader) are only moved; a
+    ``uint8`` batch (``data.augment_on: device``) is moved as bytes, then augmented with
+    :func:`imbalens.data.transforms.augment_batch` when ``generator`` is given, otherwise
+    only normalised.
+    """
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = (
+            augment_batch(images, generator)[0]
+            if generator is not None
+            else normalize_batch(images)
+        )
+    return images.contiguous(memory_format=memory_format)
+
+
+def plateaued(state: Progress, patience: int | None) -> bool:
+    """Early stopping: ``patience`` epochs have passed since the best validation AUROC.
+
+    $$ \\text{stop after epoch } e \\iff e - e^{*} \\ge p, $$ with $e^{*}$ the best epoch
+    (1-based) and $p$ = ``train.patience`` (None: never). A function of the saved state,
+    so a run killed after it stopped does not train on when resumed.
+    """
+    return (
+        bool(patience) and state.best_epoch > 0 and state.epoch - state.best_epoch >= int(patience)
+    )
+
+
+def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The device augmentation's generator of one optimiser step: a function of
+    (seed, global step) only, so a resumed run draws the same crops."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
 # --------------------------------------------------------------------------- loops
@@ -233,8 +279,13 @@ def train_one_epoch(
     info: DistInfo,
     on_step: Callable[[Progress], None] | None = None,
     progress: bool | str = False,
+    augment_seed: int | None = None,
 ) -> None:
     """Run optimiser steps ``state.step .. n_steps-1`` of epoch ``state.epoch``.
+
+    A ``uint8`` batch (``data.augment_on: device``) is augmented on ``device`` with a
+    generator seeded from ``(augment_seed, global step)`` (:func:`model_input`); with
+    ``augment_seed=None`` it is only normalised.
 
     The per-step loss of the global batch is summed into ``state.loss_sum``; ``on_step``
     is called after every step (checkpointing, the crash hook). DDP averages gradients
@@ -255,7 +306,12 @@ def train_one_epoch(
     batches = iter(loader)
     while state.step < n_steps:
         batch = next(batches)
-        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
+        gen = (
+            None
+            if augment_seed is None
+            else _step_generator(augment_seed, state.global_step, device)
+        )
+        images = model_input(batch["image"], device, memory_format, gen)
         targets = batch["target"].to(device, non_blocking=True).float()
         with autocast_context(device, precision):
             logits = model(images)
@@ -414,6 +470,10 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     )
     epochs = int(t["epochs"])
     sampler = EpochSampler(datasets["train"], info, shuffle=True, seed=seed)
+    d = {**DEFAULTS["data"], **cfg["data"]}
+    on_device = d["augment_on"] == "device" and bool(d["augment"])
+    # each rank draws its own crops: (seed, rank) -> one stream, steps index into it
+    device_augment_seed = seed * 4099 + info.rank if on_device else None
     loader_kw: dict[str, Any] = {
         "num_workers": int(t["workers"]),
         "pin_memory": device.type == "cuda",
@@ -486,7 +546,8 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
             log.warning("%s=%d: exiting after step %d", CRASH_ENV, crash_after, s.global_step)
             os._exit(CRASH_EXIT_CODE)
 
-    while state.epoch < epochs:
+    patience = t.get("patience")
+    while state.epoch < epochs and not plateaued(state, patience):
         tic = time.perf_counter()
         sampler.set_epoch(state.epoch)
         sampler.set_start(state.step * batch)
@@ -505,6 +566,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
             info,
             on_step,
             mode if info.is_main else "off",
+            device_augment_seed,
         )
         sync_buffers(model, info)
         val_loss, val_perf = evaluate(
@@ -548,6 +610,13 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
             seconds,
         )
 
+    if state.epoch < epochs:
+        say(
+            "stopped after epoch %d of %d: no better val AUROC for %d epochs (train.patience)",
+            state.epoch,
+            epochs,
+            patience,
+        )
     # final evaluation of the best checkpoint
     best = load_checkpoint(ckpt_dir / rf.BEST, map_location=device)
     model.load_state_dict(best["model"])
