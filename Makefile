@@ -12,7 +12,7 @@ GRID ?= params/quick.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format study study-real book bench cuda-check clean
+.PHONY: help install test lint format study study-real gpu-study book bench bench-data cuda-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -56,11 +56,18 @@ study: $(STAMP) ## the whole study on the phantom: data, grid params/quick.yaml,
 study-real: ## the same study and verdict table on real radiographs (params/nih-mini.yaml)
 	$(MAKE) study GRID=params/nih-mini.yaml
 
+gpu-study: $(STAMP) ## on a CUDA machine: the phantom study at 224 px, 3 seeds (params/phantom-gpu.yaml)
+	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-study: no CUDA GPU visible (torch.cuda.is_available() is False); on a CPU use make study')"
+	$(MAKE) study GRID=params/phantom-gpu.yaml
+
 book: $(STAMP) ## rebuild the book from the runs already executed
 	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID)
 
 bench: $(STAMP) ## CPU speed benchmark (fp32 vs bf16+channels_last, side by side)
 	$(RUN) $(BIN)/python benchmarks/speed.py
+
+bench-data: $(STAMP) ## data-loading speed: 1,024 px PNGs vs the prepared cache (workers 1/2)
+	$(RUN) $(BIN)/python benchmarks/cache_speed.py
 
 cuda-check: $(STAMP) ## on a GPU machine: CUDA tests, AMP/fp16/NCCL/resume runs, GPU speed
 	PY=$(BIN)/python bash benchmarks/cuda_check.sh

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from imbalens.provenance import cpu_flags, machine
 from imbalens.training.models import build_model
 from imbalens.training.precision import autocast_context, cpu_supports_bf16
 
@@ -167,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, device {device}, "
         f"CPU bf16: {cpu_supports_bf16()}, {torch.backends.cpu.get_cpu_capability()}"
     )
+    print(f"CPU: {machine()['cpu']}; speed flags: {' '.join(cpu_flags()) or 'none found'}")
     print(tcmalloc_note())
     print(f"batch {args.batch}, {args.warmup} warm-up + {args.iters} timed iterations\n")
     print("| model | px | mode | train img/s | infer img/s | train ratio | infer ratio |")

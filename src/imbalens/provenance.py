@@ -85,6 +85,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: the CPU flags that decide training speed: AVX2 (fp32), AVX-512, native bf16 (AVX512-BF16,
+#: AMX): where bf16 is not native, autocast bf16 is ~9x slower than fp32
+SPEED_FLAGS: tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags(wanted: tuple[str, ...] = SPEED_FLAGS) -> list[str]:
+    """Which of ``wanted`` the CPU has (``flags`` of ``/proc/cpuinfo``; [] where absent)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine() -> dict[str, Any]:
     """CPU model and core count, GPU names (CUDA), torch's intra-op thread count, OS."""
     import torch
@@ -97,6 +114,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "gpus": gpus,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
