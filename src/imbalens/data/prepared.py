@@ -307,8 +307,7 @@ class PreparedImages:
             i = self._index[name]
         except KeyError:
             raise KeyError(
-                f"image {name} is not in the prepared cache {self.folder} "
-                "(re-run imbalens prepare)"
+                f"image {name} is not in the prepared cache {self.folder} (re-run imbalens prepare)"
             ) from None
         k = int(np.searchsorted(self._starts, i, side="right")) - 1
         row = i - int(self._starts[k])

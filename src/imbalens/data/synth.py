@@ -34,8 +34,6 @@ The rendering (anatomy and the 14 findings' appearances) is in
 
 from __future__ import annotations
 
-from imbalens import runfolder as rf
-
 import argparse
 import hashlib
 import json
@@ -53,8 +51,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imbalens import runfolder as rf
 from imbalens.data import anatomy
-from imbalens.io import atomic_path, atomic_write_text
+from imbalens.data.anatomy import render_with_masks, rng_for
 from imbalens.data.findings import (
     BOXED_FINDINGS,
     FINDINGS,
@@ -63,7 +62,7 @@ from imbalens.data.findings import (
     NO_FINDING,
     RELEASE_SIZE,
 )
-from imbalens.data.anatomy import render_with_masks, rng_for
+from imbalens.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +482,9 @@ def _write_tables(out: Path, dr: _Draw, box_rows: Sequence[Sequence[BoxRow]]) ->
         lab = "|".join(findings[i]) or NO_FINDING
         p = dr.pid[i]
         age = min(int(dr.ages0[p - 1] + dr.fu[i] // 4), 95)
-        entry.append(f"{name},{lab},{dr.fu[i]},{p},{age},{dr.sex[p - 1]},{dr.views[i]},{w},{h},{sp},{sp}")
+        entry.append(
+            f"{name},{lab},{dr.fu[i]},{p},{age},{dr.sex[p - 1]},{dr.views[i]},{w},{h},{sp},{sp}"
+        )
     atomic_write_text(out / "Data_Entry_2017.csv", "\n".join(entry) + "\n")
     bbox = [BBOX_HEADER] + [
         f"{n},{f},{x:.6f},{y:.6f},{w:.6f},{h:.6f}" for rows in box_rows for n, f, x, y, w, h in rows
