@@ -29,6 +29,7 @@ shards when the source has not changed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -42,7 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from imbalens.config import ConfigError, load_config, merge_config
+from imbalens.data.nih import index_images, read_image
+from imbalens.data.transforms import resize_grey
 from imbalens.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -118,7 +123,11 @@ def staleness(
     """
     if manifest is None:
         return f"no {MANIFEST} in {folder}"
-    for key in ("format", "image_size", "count", "fingerprint"):
+    if manifest.get("count") == expected["count"] and (
+        manifest.get("fingerprint") != expected["fingerprint"]
+    ):
+        return "fingerprint differs: a source image was replaced or touched since it was built"
+    for key in ("format", "image_size", "count"):
         if manifest.get(key) != expected[key]:
             return f"{key} is {manifest.get(key)!r}, the source needs {expected[key]!r}"
     s = int(expected["image_size"])
@@ -156,9 +165,6 @@ class PrepareResult:
 
 
 def _decode(path: str, image_size: int) -> np.ndarray:
-    from imbalens.data.nih import read_image
-    from imbalens.data.transforms import resize_grey
-
     return resize_grey(read_image(path), image_size)
 
 
@@ -213,8 +219,6 @@ def prepare(
         imbalens.data.nih.DataError: an unreadable PNG (named).
         FileNotFoundError: no PNG under ``root``.
     """
-    from imbalens.data.nih import index_images
-
     t0 = time.perf_counter()
     files = {name: os.fspath(p) for name, p in index_images(root).items()}
     if not files:
@@ -224,8 +228,7 @@ def prepare(
     expected = _expected(files, image_size)
     final = cache_folder(cache, image_size)
     if not force and staleness(read_manifest(final), expected, final) is None:
-        size = sum(p.stat().st_size for p in final.glob("shard-*.npy"))
-        return PrepareResult(final, False, len(files), time.perf_counter() - t0, size)
+        return PrepareResult(final, False, len(files), time.perf_counter() - t0, _bytes(final))
 
     names = sorted(files)
     partial = final.with_name(final.name + ".partial")
@@ -236,7 +239,7 @@ def prepare(
     partial.mkdir(parents=True, exist_ok=True)
     done = {s["file"]: s for s in progress["shards"] if (partial / s["file"]).is_file()}
     n_workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(n_workers) if n_workers > 1 else _nullpool() as pool:
+    with ThreadPoolExecutor(n_workers) if n_workers > 1 else contextlib.nullcontext() as pool:
         for k, chunk in _chunks(names, shard_images):
             file = f"shard-{k:05d}.npy"
             if file in done:
@@ -263,16 +266,12 @@ def prepare(
         shutil.rmtree(old, ignore_errors=True)
     else:
         partial.rename(final)
-    size = sum(p.stat().st_size for p in final.glob("shard-*.npy"))
-    return PrepareResult(final, True, len(names), time.perf_counter() - t0, size)
+    return PrepareResult(final, True, len(names), time.perf_counter() - t0, _bytes(final))
 
 
-class _nullpool:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _bytes(folder: Path) -> int:
+    """Bytes on disk of a prepared folder's shards."""
+    return sum(p.stat().st_size for p in folder.glob("shard-*.npy"))
 
 
 class PreparedImages:
@@ -328,8 +327,6 @@ def open_prepared(
         StaleCache: missing, incomplete or made from other files / another size; the
             message names the ``imbalens prepare`` command that rebuilds it.
     """
-    from imbalens.data.nih import index_images
-
     folder = cache_folder(cache, image_size)
     files = {name: os.fspath(p) for name, p in index_images(root).items()}
     manifest = read_manifest(folder)
@@ -360,12 +357,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _from_config(args: argparse.Namespace) -> tuple[Path, Path, list[int]]:
-    from imbalens.config import ConfigError, load_config, merge_config
-
     d: dict[str, Any] = {}
     if args.config is not None:
-        cfg = load_config(args.config) if "base" not in _yaml(args.config) else None
-        d = (cfg or merge_config(_yaml(args.config)["base"]))["data"]
+        doc = _yaml(args.config)  # a grid's base: or a run config
+        d = (merge_config(doc["base"]) if "base" in doc else load_config(args.config))["data"]
     root = args.root or d.get("root")
     cache = args.cache or d.get("prepared")
     sizes = args.size or ([d["image_size"]] if "image_size" in d else None)
@@ -378,8 +373,6 @@ def _from_config(args: argparse.Namespace) -> tuple[Path, Path, list[int]]:
 
 
 def _yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError):

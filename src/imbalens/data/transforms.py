@@ -169,9 +169,8 @@ def normalize_batch(images: torch.Tensor) -> torch.Tensor:
 
 
 def _normalize_float(x: torch.Tensor) -> torch.Tensor:
-    mean = _MEAN.to(x.device)
-    std = _STD.to(x.device)
-    return (x.expand(-1, 3, -1, -1) - mean) / std
+    """Grey floats in [0, 1], ``(..., 1, S, S)`` -> ImageNet-normalised ``(..., 3, S, S)``."""
+    return (x.expand(*x.shape[:-3], 3, *x.shape[-2:]) - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
@@ -180,8 +179,7 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     $$ x_c = (v / 255 - \\mu_c) / \\sigma_c $$ with the grey value ``v`` replicated to the
     three channels.
     """
-    x = image.to(torch.float32).div_(255.0)
-    return (x.expand(3, *x.shape[-2:]) - _MEAN) / _STD
+    return _normalize_float(image.to(torch.float32).div_(255.0))
 
 
 def denormalize(t: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,7 @@ from imbalens.config import (
     validate_config,
     yaml_problem,
 )
+from imbalens.data.prepared import prepare
 from imbalens.paths import NOTEBOOK_DIR, REPO
 from imbalens.provenance import write_provenance
 from imbalens.study.notebooks import (
@@ -879,8 +880,6 @@ def _prepare_caches(plan: GridPlan) -> None:
     One :func:`imbalens.data.prepared.prepare` per distinct (data.root, data.prepared,
     data.image_size), before any run starts, so that parallel runs only read it.
     """
-    from imbalens.data.prepared import prepare
-
     wanted = {
         (d["root"], d["prepared"], int(d["image_size"]))
         for d in (r.config["data"] for r in plan.chosen)

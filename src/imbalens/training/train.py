@@ -53,7 +53,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from imbalens import runfolder as rf
 from imbalens.config import (
-    DEFAULTS,
     ConfigError,
     atomic_write_text,
     config_hash,
@@ -209,7 +208,7 @@ def load_data(cfg: dict[str, Any]) -> tuple[Any, dict[str, Dataset]]:
     """The NIH-layout data (real or phantom) and its train/val/test data sets."""
     from imbalens.data.nih import load_nih_from_config
 
-    d = {**DEFAULTS["data"], **cfg["data"]}
+    d = cfg["data"]
     data = load_nih_from_config(d)
     size, cache = int(d["image_size"]), bool(d["cache"])
     prepared = open_prepared(d["root"], d["prepared"], size) if d["prepared"] else None
@@ -470,8 +469,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
     )
     epochs = int(t["epochs"])
     sampler = EpochSampler(datasets["train"], info, shuffle=True, seed=seed)
-    d = {**DEFAULTS["data"], **cfg["data"]}
-    on_device = d["augment_on"] == "device" and bool(d["augment"])
+    on_device = cfg["data"]["augment_on"] == "device" and bool(cfg["data"]["augment"])
     # each rank draws its own crops: (seed, rank) -> one stream, steps index into it
     device_augment_seed = seed * 4099 + info.rank if on_device else None
     loader_kw: dict[str, Any] = {
@@ -546,7 +544,7 @@ def _train(cfg: dict[str, Any], out: Path, info: DistInfo) -> dict[str, Any]:
             log.warning("%s=%d: exiting after step %d", CRASH_ENV, crash_after, s.global_step)
             os._exit(CRASH_EXIT_CODE)
 
-    patience = t.get("patience")
+    patience = t["patience"]
     while state.epoch < epochs and not plateaued(state, patience):
         tic = time.perf_counter()
         sampler.set_epoch(state.epoch)
