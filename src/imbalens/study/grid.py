@@ -64,7 +64,6 @@ from imbalens.config import (
     validate_config,
     yaml_problem,
 )
-from imbalens.data.prepared import prepare
 from imbalens.paths import NOTEBOOK_DIR, REPO
 from imbalens.provenance import write_provenance
 from imbalens.study.notebooks import (
@@ -880,6 +879,10 @@ def _prepare_caches(plan: GridPlan) -> None:
     One :func:`imbalens.data.prepared.prepare` per distinct (data.root, data.prepared,
     data.image_size), before any run starts, so that parallel runs only read it.
     """
+    # Imported here, not at the top: prepared.py pulls in torch (via the NIH reader),
+    # and a grid's bad input must fail in about a second, before any heavy import.
+    from imbalens.data.prepared import prepare
+
     wanted = {
         (d["root"], d["prepared"], int(d["image_size"]))
         for d in (r.config["data"] for r in plan.chosen)
