@@ -66,15 +66,16 @@ import pandas as pd
 
 from imbalens.config import load_config
 from imbalens.explain.analyse import align_run
+from imbalens.explain.samples import cam_samples
 from imbalens.runfolder import RunFolder
 from imbalens.study.plots import alignment_bars, cam_gallery
-from imbalens.study.results import cam_samples, loss_label, model_label
+from imbalens.study.labels import run_title
 
 run = Path(run_dir)
 folder = RunFolder(run)
 cfg = load_config(folder.config)
 loss = cfg["loss"]["name"]
-title = f"{model_label(cfg['model']['name'])}, {loss_label(loss)}, {cfg['data']['task']}"
+title = run_title(cfg)
 
 # %% [markdown]
 # ## Computing the analysis

@@ -69,14 +69,13 @@ from imbalens.config import load_config
 from imbalens.explain.analyse import concepts_run
 from imbalens.runfolder import RunFolder
 from imbalens.study.plots import concept_channels_figure
-from imbalens.study.results import detectors_by_finding, loss_label, model_label
+from imbalens.study.labels import run_title
+from imbalens.study.results import detectors_by_finding
 
 run = Path(run_dir)
 folder = RunFolder(run)
 cfg = load_config(folder.config)
-title = (
-    f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
-)
+title = run_title(cfg)
 
 # %% [markdown]
 # ## Running the dissection

@@ -58,13 +58,14 @@ import pandas as pd
 from imbalens.config import load_config
 from imbalens.runfolder import RunFolder
 from imbalens.study.plots import performance_bars
-from imbalens.study.results import loss_label, model_label, performance_rows
+from imbalens.study.labels import run_title
+from imbalens.study.results import performance_rows
 
 run = Path(run_dir)
 folder = RunFolder(run)
 cfg = load_config(folder.config)
 task = cfg["data"]["task"]
-title = f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {task}"
+title = run_title(cfg)
 
 # %% [markdown]
 # ## Per-class table

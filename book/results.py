@@ -73,22 +73,23 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from imbalens.study.claims import claims_view, evaluate_claims, style_claims, verdict_changes
-from imbalens.study.plots import comparison_bars, figure1, figure2
+from imbalens.study.claims import (
+    claims_view,
+    differences_view,
+    evaluate_claims,
+    style_claims,
+    verdict_changes,
+)
+from imbalens.study.plots import comparison_bars, grid_figure1, grid_figure2
 from imbalens.study.results import (
-    METRIC_LABELS,
-    TASK_LABELS,
-    cam_samples,
     design_gaps,
     grid_label,
     load_grid,
-    loss_label,
     loss_table,
-    model_label,
     paper_numbers,
     side_by_side_ci,
 )
-from imbalens.study.stats import format_ci, grid_uncertainty, summary_rows
+from imbalens.study.stats import grid_uncertainty
 
 results = load_grid(grid_dir)
 ours = grid_label(results)
@@ -103,6 +104,15 @@ def show(frame: pd.DataFrame, digits: int = 4):
     return frame.style.format(precision=digits, na_rep="—").set_table_styles(
         [{"selector": "td, th", "props": "padding: 2px 8px;"}]
     )
+
+
+def show_figure(panel) -> None:
+    """Display a figure and close it, or a Markdown note given instead of a figure."""
+    if isinstance(panel, str):
+        display(Markdown(panel))
+    else:
+        display(panel)
+        plt.close(panel)
 
 
 # %% [markdown]
@@ -169,23 +179,8 @@ if table[["disjoint", "unique"]].notna().any().any():
 # for each loss, box outlined. One figure per (model, task) of the grid.
 
 # %% tags=["hide-input"]
-for task in results.tasks:
-    for model in results.models:
-        runs = results.run_dirs(model, task)
-        trained = {k: v for k, v in runs.items() if (v / "checkpoints" / f"{which}.pt").is_file()}
-        label = f"{model_label(model)}, {TASK_LABELS.get(task, task)}"
-        if not trained:
-            display(Markdown(f"*{label}: no trained checkpoint, no Figure 1.*"))
-            continue
-        try:
-            samples = cam_samples(trained, which=which)
-        except (OSError, RuntimeError, KeyError, ValueError) as err:
-            display(Markdown(f"*{label}: Figure 1 could not be drawn: `{err}`*"))
-            continue
-        if samples:
-            fig = figure1(samples, title=f"Figure 1 ({label}): CAMs with boxes\n{ours}")
-            display(fig)
-            plt.close(fig)
+for panel in grid_figure1(results, which=which, source=ours):
+    show_figure(panel)
 
 # %% [markdown]
 # ## Figure 2: AUROC, AP and mean predicted probability
@@ -196,17 +191,8 @@ for task in results.tasks:
 # error bars, so there is no paper number to put beside them.
 
 # %% tags=["hide-input"]
-for task in results.tasks:
-    for model in results.models:
-        perf = results.performance
-        sub = perf[(perf["model"] == model) & (perf["task"] == task)]
-        if sub.empty:
-            continue
-        label = f"{model_label(model)}, {TASK_LABELS.get(task, task)}"
-        unc = uncertainty[(uncertainty["model"] == model) & (uncertainty["task"] == task)]
-        fig = figure2(sub, title=f"Figure 2 ({label}, 95% CI)\n{ours}", uncertainty=unc)
-        display(fig)
-        plt.close(fig)
+for panel in grid_figure2(results, uncertainty, source=ours):
+    show_figure(panel)
 
 # %% [markdown]
 # The numbers the claims use: each weighted loss minus BCE on the same images, with its
@@ -214,33 +200,14 @@ for task in results.tasks:
 # over the per-seed differences is shown too.
 
 # %% tags=["hide-input"]
-diffs = summary_rows(uncertainty).dropna(subset=["diff"])
-view = pd.DataFrame(
-    {
-        "task": diffs["task"].map(lambda t: TASK_LABELS.get(t, t)),
-        "model": diffs["model"].map(model_label),
-        "metric": diffs["metric"].map(lambda m: METRIC_LABELS.get(m, m)),
-        "loss": diffs["loss"].map(loss_label),
-        "loss - BCE [95% CI]": [
-            format_ci(d, lo, hi, signed=True)
-            for d, lo, hi in zip(diffs["diff"], diffs["ci_lo"], diffs["ci_hi"], strict=True)
-        ],
-        "t over seeds": [
-            format_ci(d, lo, hi, signed=True) if n > 1 else "— (1 seed)"
-            for d, lo, hi, n in zip(
-                diffs["diff"], diffs["diff_t_lo"], diffs["diff_t_hi"], diffs["n_seeds"], strict=True
-            )
-        ],
-        "method": diffs["method"],
-    }
-)
+differences = differences_view(uncertainty)
 display(
     Markdown(
         f"{n_boot:,} resamples (seed {boot_seed}); the bootstrap of the whole grid took "
         f"{boot_seconds:.1f} s."
     )
 )
-view.set_index(["task", "model", "metric", "loss"]) if len(view) else Markdown("*No differences.*")
+differences if len(differences) else Markdown("*No differences.*")
 
 # %% [markdown]
 # ## Do the paper's claims hold here?

@@ -58,12 +58,14 @@ import yaml
 from imbalens.config import load_config
 from imbalens.runfolder import RunFolder
 from imbalens.study.plots import history_curves
-from imbalens.study.results import loss_label, model_label, performance_rows
+from imbalens.study.labels import run_title
+from imbalens.study.results import performance_rows
 from imbalens.training.train import train
 
 run = Path(run_dir)
 folder = RunFolder(run)
 cfg = load_config(folder.config)
+title = run_title(cfg)
 
 # %% [markdown]
 # ## The configuration
@@ -83,9 +85,6 @@ print(yaml.safe_dump(cfg, sort_keys=False))
 
 # %%
 metrics = train(cfg, run)
-title = (
-    f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
-)
 print(
     f"{title}: best epoch {metrics.get('best_epoch')}, test mean AUROC {metrics['auroc_mean']:.3f}"
 )

@@ -24,7 +24,7 @@ from imbalens.study.plots import (
     history_curves,
     performance_bars,
 )
-from imbalens.study.results import CamSample
+from imbalens.explain.samples import CamSample
 
 
 @pytest.fixture(autouse=True)

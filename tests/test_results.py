@@ -17,7 +17,6 @@ from imbalens.study.results import (
     paper_loss_table,
     paper_numbers,
     performance_rows,
-    pick_boxed_images,
     side_by_side,
     summary_class,
 )
@@ -168,19 +167,6 @@ def test_side_by_side_keeps_present_settings_and_marks_missing_losses(tmp_path: 
     assert wide.loc[("multi-label", "ResNet50", "IoBB"), ("ours", "Focal")] == 0.45
     assert math.isnan(wide.loc[("multi-label", "ResNet50", "IoBB"), ("ours", "WBCE")])
     assert wide.shape[1] == 8
-
-
-def test_pick_boxed_images_prefers_distinct_images() -> None:
-    boxes = pd.DataFrame(
-        {
-            "image": ["b.png", "a.png", "a.png", "c.png"],
-            "finding": ["Mass", "Mass", "Nodule", "Nodule"],
-        }
-    )
-    assert pick_boxed_images(boxes, ["Mass", "Nodule", "Hernia"]) == {
-        "Mass": "a.png",
-        "Nodule": "c.png",
-    }
 
 
 def test_empty_and_partial_grids_do_not_crash(tmp_path: Path) -> None:
