@@ -17,6 +17,9 @@
 # papermill runs with the output folder as working directory, absolute paths also work)
 phantom_root = "data/phantom"
 nih_mini_root = "../shared/data/nih-mini"
+# the phantom made when phantom_root holds none: the default grid's `phantom:` block
+# (params/quick.yaml), passed to imbalens.study.grid.ensure_phantom as the grid does
+phantom_params = {"n_images": 4000, "size": 256, "seed": 0}
 # figures
 image_size = 256
 n_examples = 3
@@ -57,15 +60,18 @@ n_examples = 3
 
 # %%
 # %matplotlib inline
-from imbalens.data.synth import generate, read_manifest
+from imbalens.data.synth import read_manifest
 from imbalens.paths import repo_path
 from imbalens.study.dataviz import example_grid, prevalence, prevalence_bars
+from imbalens.study.grid import ensure_phantom
 
 phantom = repo_path(phantom_root)
 nih_mini = repo_path(nih_mini_root)
+# a complete phantom is shown as it is (the grid's, whatever its parameters); without
+# one, the grid's own function makes the default grid's phantom
+if read_manifest(phantom) is None:
+    ensure_phantom(phantom, phantom_params)
 manifest = read_manifest(phantom)
-if manifest is None:  # no complete phantom yet: make the study's default one
-    manifest = generate(phantom, size=image_size)
 has_nih_mini = (nih_mini / "Data_Entry_2017.csv").is_file()
 manifest["parameters"]
 
