@@ -132,7 +132,8 @@ fig = alignment_bars(summary, title=title)
 # %% [markdown]
 # ## Resources and references
 #
-# - Zhou, Khosla, Lapedriza, Oliva, Torralba (2016). *Learning Deep Features for Discriminative Localization* (CAM). CVPR 2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150).
-# - The overlaps: `imbalens.explain.cam`, `imbalens.explain.alignment`.
 # - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/alignment.ipynb` lists its parameters).
+# - Zhou, Khosla, Lapedriza, Oliva, Torralba (2016). *Learning Deep Features for Discriminative Localization* (CAM). CVPR 2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150).
+# - Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim (2018). *Sanity Checks for Saliency Maps.* NeurIPS 2018, [arXiv:1810.03292](https://arxiv.org/abs/1810.03292): the randomisation baselines `align_run` writes to `baselines.csv` (`imbalens.explain.baselines`).
+# - The overlaps: `imbalens.explain.cam`, `imbalens.explain.alignment`; the example CAMs: `imbalens.explain.samples`.
+# - This page's source is `book/alignment.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/alignment.ipynb` lists its parameters).

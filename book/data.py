@@ -152,7 +152,7 @@ else:
 # %% [markdown]
 # ## Resources and references
 #
-# - Wang, Peng, Lu, Lu, Bagheri, Summers (2017). *ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks.* CVPR 2017, [arXiv:1705.02315](https://arxiv.org/abs/1705.02315).
-# - The phantom's generator: `imbalens.data.synth` (`imbalens synth --help`).
 # - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/data.ipynb` lists its parameters).
+# - Wang, Peng, Lu, Lu, Bagheri, Summers (2017). *ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks.* CVPR 2017, [arXiv:1705.02315](https://arxiv.org/abs/1705.02315).
+# - The phantom's generator: `imbalens.data.synth` (`imbalens synth --help`); the grid makes it with `imbalens.study.grid.ensure_phantom`.
+# - This page's source is `book/data.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/data.ipynb` lists its parameters).

@@ -275,7 +275,11 @@ provenance.set_index("run") if len(provenance) else "no run recorded its provena
 # %% [markdown]
 # ## Resources and references
 #
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Zhou, Khosla, Lapedriza, Oliva, Torralba (2016). *Learning Deep Features for Discriminative Localization* (CAM). CVPR 2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150).
+# - Bau, Zhou, Khosla, Oliva, Torralba (2017). *Network Dissection: Quantifying Interpretability of Deep Visual Representations.* CVPR 2017, [arXiv:1704.05796](https://arxiv.org/abs/1704.05796).
+# - Efron, Tibshirani (1993). *An Introduction to the Bootstrap.* Chapman & Hall, ch. 13: the paired bootstrap CIs (`imbalens.study.stats`).
+# - Schuirmann (1987). *A comparison of the two one-sided tests procedure and the power approach for assessing the equivalence of average bioavailability.* J. Pharmacokinet. Biopharm. 15: the equivalence verdict of claim 1 (`imbalens.study.claims`).
 # - The paper's numbers: `imbalens/study/paper_numbers.yaml`; the claims: `imbalens.study.claims`.
 # - Each run's `provenance.json` (the table above): `imbalens.provenance`.
-# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/results.ipynb` lists its parameters).
+# - This page's source is `book/results.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/results.ipynb` lists its parameters).
