@@ -68,8 +68,8 @@ from imbalens.config import load_config
 from imbalens.explain.analyse import align_run
 from imbalens.explain.samples import cam_samples
 from imbalens.runfolder import RunFolder
-from imbalens.study.plots import alignment_bars, cam_gallery
 from imbalens.study.labels import run_title
+from imbalens.study.plots import alignment_bars, cam_gallery
 
 run = Path(run_dir)
 folder = RunFolder(run)

@@ -68,8 +68,8 @@ from IPython.display import Markdown, display
 from imbalens.config import load_config
 from imbalens.explain.analyse import concepts_run
 from imbalens.runfolder import RunFolder
-from imbalens.study.plots import concept_channels_figure
 from imbalens.study.labels import run_title
+from imbalens.study.plots import concept_channels_figure
 from imbalens.study.results import detectors_by_finding
 
 run = Path(run_dir)

@@ -57,8 +57,8 @@ import pandas as pd
 
 from imbalens.config import load_config
 from imbalens.runfolder import RunFolder
-from imbalens.study.plots import performance_bars
 from imbalens.study.labels import run_title
+from imbalens.study.plots import performance_bars
 from imbalens.study.results import performance_rows
 
 run = Path(run_dir)

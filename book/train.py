@@ -57,8 +57,8 @@ import yaml
 
 from imbalens.config import load_config
 from imbalens.runfolder import RunFolder
-from imbalens.study.plots import history_curves
 from imbalens.study.labels import run_title
+from imbalens.study.plots import history_curves
 from imbalens.study.results import performance_rows
 from imbalens.training.train import train
 
