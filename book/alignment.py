@@ -66,15 +66,16 @@ import pandas as pd
 
 from imbalens.config import load_config
 from imbalens.explain.analyse import align_run
+from imbalens.explain.samples import cam_samples
 from imbalens.runfolder import RunFolder
+from imbalens.study.labels import run_title
 from imbalens.study.plots import alignment_bars, cam_gallery
-from imbalens.study.results import cam_samples, loss_label, model_label
 
 run = Path(run_dir)
 folder = RunFolder(run)
 cfg = load_config(folder.config)
 loss = cfg["loss"]["name"]
-title = f"{model_label(cfg['model']['name'])}, {loss_label(loss)}, {cfg['data']['task']}"
+title = run_title(cfg)
 
 # %% [markdown]
 # ## Computing the analysis
@@ -131,7 +132,8 @@ fig = alignment_bars(summary, title=title)
 # %% [markdown]
 # ## Resources and references
 #
-# - Zhou, Khosla, Lapedriza, Oliva, Torralba (2016). *Learning Deep Features for Discriminative Localization* (CAM). CVPR 2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150).
-# - The overlaps: `imbalens.explain.cam`, `imbalens.explain.alignment`.
 # - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/alignment.ipynb` lists its parameters).
+# - Zhou, Khosla, Lapedriza, Oliva, Torralba (2016). *Learning Deep Features for Discriminative Localization* (CAM). CVPR 2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150).
+# - Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim (2018). *Sanity Checks for Saliency Maps.* NeurIPS 2018, [arXiv:1810.03292](https://arxiv.org/abs/1810.03292): the randomisation baselines `align_run` writes to `baselines.csv` (`imbalens.explain.baselines`).
+# - The overlaps: `imbalens.explain.cam`, `imbalens.explain.alignment`; the example CAMs: `imbalens.explain.samples`.
+# - This page's source is `book/alignment.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/alignment.ipynb` lists its parameters).

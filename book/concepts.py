@@ -68,15 +68,14 @@ from IPython.display import Markdown, display
 from imbalens.config import load_config
 from imbalens.explain.analyse import concepts_run
 from imbalens.runfolder import RunFolder
+from imbalens.study.labels import run_title
 from imbalens.study.plots import concept_channels_figure
-from imbalens.study.results import detectors_by_finding, loss_label, model_label
+from imbalens.study.results import detectors_by_finding
 
 run = Path(run_dir)
 folder = RunFolder(run)
 cfg = load_config(folder.config)
-title = (
-    f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
-)
+title = run_title(cfg)
 
 # %% [markdown]
 # ## Running the dissection
@@ -158,7 +157,7 @@ for layer, part in channels.groupby("layer", sort=False):
 # %% [markdown]
 # ## Resources and references
 #
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
 # - Bau, Zhou, Khosla, Oliva, Torralba (2017). *Network Dissection: Quantifying Interpretability of Deep Visual Representations.* CVPR 2017, [arXiv:1704.05796](https://arxiv.org/abs/1704.05796).
 # - The counts: `imbalens.explain.dissect`.
-# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/concepts.ipynb` lists its parameters).
+# - This page's source is `book/concepts.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/concepts.ipynb` lists its parameters).

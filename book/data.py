@@ -17,6 +17,9 @@
 # papermill runs with the output folder as working directory, absolute paths also work)
 phantom_root = "data/phantom"
 nih_mini_root = "../shared/data/nih-mini"
+# the phantom made when phantom_root holds none: the default grid's `phantom:` block
+# (params/quick.yaml), passed to imbalens.study.grid.ensure_phantom as the grid does
+phantom_params = {"n_images": 4000, "size": 256, "seed": 0}
 # figures
 image_size = 256
 n_examples = 3
@@ -57,15 +60,18 @@ n_examples = 3
 
 # %%
 # %matplotlib inline
-from imbalens.data.synth import generate, read_manifest
+from imbalens.data.synth import read_manifest
 from imbalens.paths import repo_path
 from imbalens.study.dataviz import example_grid, prevalence, prevalence_bars
+from imbalens.study.grid import ensure_phantom
 
 phantom = repo_path(phantom_root)
 nih_mini = repo_path(nih_mini_root)
+# a complete phantom is shown as it is (the grid's, whatever its parameters); without
+# one, the grid's own function makes the default grid's phantom
+if read_manifest(phantom) is None:
+    ensure_phantom(phantom, phantom_params)
 manifest = read_manifest(phantom)
-if manifest is None:  # no complete phantom yet: make the study's default one
-    manifest = generate(phantom, size=image_size)
 has_nih_mini = (nih_mini / "Data_Entry_2017.csv").is_file()
 manifest["parameters"]
 
@@ -146,7 +152,7 @@ else:
 # %% [markdown]
 # ## Resources and references
 #
-# - Wang, Peng, Lu, Lu, Bagheri, Summers (2017). *ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks.* CVPR 2017, [arXiv:1705.02315](https://arxiv.org/abs/1705.02315).
-# - The phantom's generator: `imbalens.data.synth` (`imbalens synth --help`).
 # - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/data.ipynb` lists its parameters).
+# - Wang, Peng, Lu, Lu, Bagheri, Summers (2017). *ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks.* CVPR 2017, [arXiv:1705.02315](https://arxiv.org/abs/1705.02315).
+# - The phantom's generator: `imbalens.data.synth` (`imbalens synth --help`); the grid makes it with `imbalens.study.grid.ensure_phantom`.
+# - This page's source is `book/data.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/data.ipynb` lists its parameters).

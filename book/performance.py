@@ -57,14 +57,15 @@ import pandas as pd
 
 from imbalens.config import load_config
 from imbalens.runfolder import RunFolder
+from imbalens.study.labels import run_title
 from imbalens.study.plots import performance_bars
-from imbalens.study.results import loss_label, model_label, performance_rows
+from imbalens.study.results import performance_rows
 
 run = Path(run_dir)
 folder = RunFolder(run)
 cfg = load_config(folder.config)
 task = cfg["data"]["task"]
-title = f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {task}"
+title = run_title(cfg)
 
 # %% [markdown]
 # ## Per-class table
@@ -122,7 +123,6 @@ fig = performance_bars(table.reset_index(), title=title)
 # %% [markdown]
 # ## Resources and references
 #
-# - scikit-learn's [`roc_auc_score`](https://scikit-learn.org/stable/modules/generated/sklearn.metrics.roc_auc_score.html) and [`average_precision_score`](https://scikit-learn.org/stable/modules/generated/sklearn.metrics.average_precision_score.html).
-# - The metrics: `imbalens.training.metrics`.
 # - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/performance.ipynb` lists its parameters).
+# - scikit-learn's [`roc_auc_score`](https://scikit-learn.org/stable/modules/generated/sklearn.metrics.roc_auc_score.html) and [`average_precision_score`](https://scikit-learn.org/stable/modules/generated/sklearn.metrics.average_precision_score.html); the metrics: `imbalens.training.metrics`.
+# - This page's source is `book/performance.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/performance.ipynb` lists its parameters).

@@ -73,22 +73,23 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from imbalens.study.claims import claims_view, evaluate_claims, style_claims, verdict_changes
-from imbalens.study.plots import comparison_bars, figure1, figure2
+from imbalens.study.claims import (
+    claims_view,
+    differences_view,
+    evaluate_claims,
+    style_claims,
+    verdict_changes,
+)
+from imbalens.study.plots import comparison_bars, grid_figure1, grid_figure2
 from imbalens.study.results import (
-    METRIC_LABELS,
-    TASK_LABELS,
-    cam_samples,
     design_gaps,
     grid_label,
     load_grid,
-    loss_label,
     loss_table,
-    model_label,
     paper_numbers,
     side_by_side_ci,
 )
-from imbalens.study.stats import format_ci, grid_uncertainty, summary_rows
+from imbalens.study.stats import grid_uncertainty
 
 results = load_grid(grid_dir)
 ours = grid_label(results)
@@ -103,6 +104,15 @@ def show(frame: pd.DataFrame, digits: int = 4):
     return frame.style.format(precision=digits, na_rep="—").set_table_styles(
         [{"selector": "td, th", "props": "padding: 2px 8px;"}]
     )
+
+
+def show_figure(panel) -> None:
+    """Display a figure and close it, or a Markdown note given instead of a figure."""
+    if isinstance(panel, str):
+        display(Markdown(panel))
+    else:
+        display(panel)
+        plt.close(panel)
 
 
 # %% [markdown]
@@ -169,23 +179,8 @@ if table[["disjoint", "unique"]].notna().any().any():
 # for each loss, box outlined. One figure per (model, task) of the grid.
 
 # %% tags=["hide-input"]
-for task in results.tasks:
-    for model in results.models:
-        runs = results.run_dirs(model, task)
-        trained = {k: v for k, v in runs.items() if (v / "checkpoints" / f"{which}.pt").is_file()}
-        label = f"{model_label(model)}, {TASK_LABELS.get(task, task)}"
-        if not trained:
-            display(Markdown(f"*{label}: no trained checkpoint, no Figure 1.*"))
-            continue
-        try:
-            samples = cam_samples(trained, which=which)
-        except (OSError, RuntimeError, KeyError, ValueError) as err:
-            display(Markdown(f"*{label}: Figure 1 could not be drawn: `{err}`*"))
-            continue
-        if samples:
-            fig = figure1(samples, title=f"Figure 1 ({label}): CAMs with boxes\n{ours}")
-            display(fig)
-            plt.close(fig)
+for panel in grid_figure1(results, which=which, source=ours):
+    show_figure(panel)
 
 # %% [markdown]
 # ## Figure 2: AUROC, AP and mean predicted probability
@@ -196,17 +191,8 @@ for task in results.tasks:
 # error bars, so there is no paper number to put beside them.
 
 # %% tags=["hide-input"]
-for task in results.tasks:
-    for model in results.models:
-        perf = results.performance
-        sub = perf[(perf["model"] == model) & (perf["task"] == task)]
-        if sub.empty:
-            continue
-        label = f"{model_label(model)}, {TASK_LABELS.get(task, task)}"
-        unc = uncertainty[(uncertainty["model"] == model) & (uncertainty["task"] == task)]
-        fig = figure2(sub, title=f"Figure 2 ({label}, 95% CI)\n{ours}", uncertainty=unc)
-        display(fig)
-        plt.close(fig)
+for panel in grid_figure2(results, uncertainty, source=ours):
+    show_figure(panel)
 
 # %% [markdown]
 # The numbers the claims use: each weighted loss minus BCE on the same images, with its
@@ -214,33 +200,14 @@ for task in results.tasks:
 # over the per-seed differences is shown too.
 
 # %% tags=["hide-input"]
-diffs = summary_rows(uncertainty).dropna(subset=["diff"])
-view = pd.DataFrame(
-    {
-        "task": diffs["task"].map(lambda t: TASK_LABELS.get(t, t)),
-        "model": diffs["model"].map(model_label),
-        "metric": diffs["metric"].map(lambda m: METRIC_LABELS.get(m, m)),
-        "loss": diffs["loss"].map(loss_label),
-        "loss - BCE [95% CI]": [
-            format_ci(d, lo, hi, signed=True)
-            for d, lo, hi in zip(diffs["diff"], diffs["ci_lo"], diffs["ci_hi"], strict=True)
-        ],
-        "t over seeds": [
-            format_ci(d, lo, hi, signed=True) if n > 1 else "— (1 seed)"
-            for d, lo, hi, n in zip(
-                diffs["diff"], diffs["diff_t_lo"], diffs["diff_t_hi"], diffs["n_seeds"], strict=True
-            )
-        ],
-        "method": diffs["method"],
-    }
-)
+differences = differences_view(uncertainty)
 display(
     Markdown(
         f"{n_boot:,} resamples (seed {boot_seed}); the bootstrap of the whole grid took "
         f"{boot_seconds:.1f} s."
     )
 )
-view.set_index(["task", "model", "metric", "loss"]) if len(view) else Markdown("*No differences.*")
+differences if len(differences) else Markdown("*No differences.*")
 
 # %% [markdown]
 # ## Do the paper's claims hold here?
@@ -308,7 +275,11 @@ provenance.set_index("run") if len(provenance) else "no run recorded its provena
 # %% [markdown]
 # ## Resources and references
 #
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Zhou, Khosla, Lapedriza, Oliva, Torralba (2016). *Learning Deep Features for Discriminative Localization* (CAM). CVPR 2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150).
+# - Bau, Zhou, Khosla, Oliva, Torralba (2017). *Network Dissection: Quantifying Interpretability of Deep Visual Representations.* CVPR 2017, [arXiv:1704.05796](https://arxiv.org/abs/1704.05796).
+# - Efron, Tibshirani (1993). *An Introduction to the Bootstrap.* Chapman & Hall, ch. 13: the paired bootstrap CIs (`imbalens.study.stats`).
+# - Schuirmann (1987). *A comparison of the two one-sided tests procedure and the power approach for assessing the equivalence of average bioavailability.* J. Pharmacokinet. Biopharm. 15: the equivalence verdict of claim 1 (`imbalens.study.claims`).
 # - The paper's numbers: `imbalens/study/paper_numbers.yaml`; the claims: `imbalens.study.claims`.
 # - Each run's `provenance.json` (the table above): `imbalens.provenance`.
-# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/results.ipynb` lists its parameters).
+# - This page's source is `book/results.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/results.ipynb` lists its parameters).

@@ -114,10 +114,13 @@ power_transform_table().round(3)
 #
 # The tables above say which loss rankings hold whatever the analysis choice and which
 # change with $q$, the layer or the CAM normalisation.
-#
+
+# %% [markdown]
 # ## Resources and references
 #
-# - Khakzar, Li et al. (2022), the study.
-# - Bau et al. (2017), network dissection: the quantile $q$.
-# - Kendall, M. G. (1938), "A new measure of rank correlation", *Biometrika* 30.
-# - Saporta et al. (2022), CheXlocalize, *Nature Machine Intelligence*: pointing game, hard IoU.
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
+# - Bau, Zhou, Khosla, Oliva, Torralba (2017). *Network Dissection: Quantifying Interpretability of Deep Visual Representations.* CVPR 2017, [arXiv:1704.05796](https://arxiv.org/abs/1704.05796).
+# - Zhou, Khosla, Lapedriza, Oliva, Torralba (2016). *Learning Deep Features for Discriminative Localization* (CAM). CVPR 2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150).
+# - Kendall (1938). *A new measure of rank correlation.* Biometrika 30; `scipy.stats.kendalltau` (tau-b).
+# - Saporta, Gui, Agrawal, et al. (2022). *Benchmarking saliency methods for chest X-ray interpretation* (CheXlocalize). *Nature Machine Intelligence* 4: the pointing game and the hard IoU (`imbalens.explain.localization`).
+# - This page's source is `book/sensitivity.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/sensitivity.ipynb` lists its parameters).

@@ -57,13 +57,15 @@ import yaml
 
 from imbalens.config import load_config
 from imbalens.runfolder import RunFolder
+from imbalens.study.labels import run_title
 from imbalens.study.plots import history_curves
-from imbalens.study.results import loss_label, model_label, performance_rows
+from imbalens.study.results import performance_rows
 from imbalens.training.train import train
 
 run = Path(run_dir)
 folder = RunFolder(run)
 cfg = load_config(folder.config)
+title = run_title(cfg)
 
 # %% [markdown]
 # ## The configuration
@@ -83,9 +85,6 @@ print(yaml.safe_dump(cfg, sort_keys=False))
 
 # %%
 metrics = train(cfg, run)
-title = (
-    f"{model_label(cfg['model']['name'])}, {loss_label(cfg['loss']['name'])}, {cfg['data']['task']}"
-)
 print(
     f"{title}: best epoch {metrics.get('best_epoch')}, test mean AUROC {metrics['auroc_mean']:.3f}"
 )
@@ -124,9 +123,10 @@ test.round(3)
 # %% [markdown]
 # ## Resources and references
 #
+# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
 # - Lin, Goyal, Girshick, He, Dollár (2017). *Focal Loss for Dense Object Detection.* ICCV 2017, [arXiv:1708.02002](https://arxiv.org/abs/1708.02002).
 # - Cui, Jia, Lin, Song, Belongie (2019). *Class-Balanced Loss Based on Effective Number of Samples.* CVPR 2019, [arXiv:1901.05555](https://arxiv.org/abs/1901.05555).
+# - The models come from [torchvision](https://pytorch.org/vision/stable/models.html): DenseNet121 (Huang, Liu, van der Maaten, Weinberger 2017, [arXiv:1608.06993](https://arxiv.org/abs/1608.06993)), truncated to T-DenseNet, and ResNet50 (He, Zhang, Ren, Sun 2016, [arXiv:1512.03385](https://arxiv.org/abs/1512.03385)); `imbalens.training.models`.
 # - Goyal et al. (2017). *Accurate, Large Minibatch SGD* (zero-initialised residuals), [arXiv:1706.02677](https://arxiv.org/abs/1706.02677).
 # - The training loop: `imbalens.training.train` (`imbalens train --help`).
-# - Khakzar, Li, Zhang, Sanisoglu, Kim, Rezaei, Bischl, Navab (2022). *Analyzing the Effects of Handling Data Imbalance on Learned Features from Medical Images by Looking Into the Models.* IMLH workshop at ICML 2022, [arXiv:2204.01729](https://arxiv.org/abs/2204.01729); official code: CAMP-eXplain-AI/imba-explain.
-# - Run this page alone: README, *Run one stage with papermill* (`papermill --help-notebook book/train.ipynb` lists its parameters).
+# - This page's source is `book/train.py`, a [jupytext](https://jupytext.readthedocs.io) percent-format notebook that [papermill](https://papermill.readthedocs.io) executes with the grid's parameters. Run it alone: README, *Run one stage with papermill* (`papermill --help-notebook book/train.ipynb` lists its parameters).

@@ -279,3 +279,25 @@ def test_evidence_shows_t_interval_with_several_seeds() -> None:
     verdict, evidence, _ = ci_verdict(CLAIMS["probability_up"], rows)
     assert verdict == "holds"  # the verdict uses the hierarchical bootstrap CI
     assert "WBCE +0.020 [+0.010, +0.030] (t over 3 seeds: [-0.010, +0.050])" in evidence
+
+
+def test_differences_view_labels_and_formats_the_summary_differences() -> None:
+    from imbalens.study.claims import differences_view
+
+    rows = ci_rows(
+        unc("auroc", {"wbce": (-0.01, 0.03)}),
+        unc("iobb", {"cbfocal": (0.02, 0.04)}, task="binary"),
+    ).reset_index(drop=True)
+    rows["n_seeds"] = [1, 1, 3, 3]
+    rows.loc[3, ["diff_t_lo", "diff_t_hi"]] = [0.01, 0.05]
+    rows.loc[1, "label"] = "Mass"  # not the summary row of AUROC: left out
+    view = differences_view(rows)
+    assert list(view.index) == [("binary", "ResNet50", "IoBB", "CB-Focal")]
+    row = view.iloc[0]
+    assert row["loss - BCE [95% CI]"] == "+0.030 [+0.020, +0.040]"
+    assert row["t over seeds"] == "+0.030 [+0.010, +0.050]"
+    assert row["method"] == "paired bootstrap"
+    rows.loc[1, "label"] = "Average"
+    one_seed = differences_view(rows).loc[("multi-label", "ResNet50", "AUROC", "WBCE")]
+    assert one_seed["t over seeds"] == "— (1 seed)"
+    assert differences_view(EMPTY_UNC).empty

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.patches import Rectangle
 
+from imbalens.explain.samples import CamSample
 from imbalens.study.plots import (
     LOSS_COLORS,
     alignment_bars,
@@ -24,7 +25,6 @@ from imbalens.study.plots import (
     history_curves,
     performance_bars,
 )
-from imbalens.study.results import CamSample
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,6 @@ from imbalens.study.results import (
     paper_loss_table,
     paper_numbers,
     performance_rows,
-    pick_boxed_images,
     side_by_side,
     summary_class,
 )
@@ -170,19 +169,6 @@ def test_side_by_side_keeps_present_settings_and_marks_missing_losses(tmp_path: 
     assert wide.shape[1] == 8
 
 
-def test_pick_boxed_images_prefers_distinct_images() -> None:
-    boxes = pd.DataFrame(
-        {
-            "image": ["b.png", "a.png", "a.png", "c.png"],
-            "finding": ["Mass", "Mass", "Nodule", "Nodule"],
-        }
-    )
-    assert pick_boxed_images(boxes, ["Mass", "Nodule", "Hernia"]) == {
-        "Mass": "a.png",
-        "Nodule": "c.png",
-    }
-
-
 def test_empty_and_partial_grids_do_not_crash(tmp_path: Path) -> None:
     from imbalens.study.claims import evaluate_claims
     from imbalens.study.results import design_gaps
@@ -233,3 +219,20 @@ def test_side_by_side_ci_marks_the_paper_as_without_ci() -> None:
     assert row[(PAPER_NO_CI, "BCE")] == "0.27"
     assert wide.loc[("multi-label", "ResNet50", "Disjoint"), ("ours", "BCE")] == "3.000 (no CI)"
     assert wide.loc[("multi-label", "ResNet50", "Disjoint"), (PAPER_NO_CI, "Focal")] == "585"
+
+
+def test_trained_run_dirs_keeps_runs_with_the_checkpoint(tmp_path: Path) -> None:
+    bce = write_run(tmp_path, "resnet50", "bce", task="binary")
+    focal = write_run(tmp_path, "resnet50", "focal", task="binary")
+    write_run(tmp_path, "resnet50", "wbce", task="binary")  # no checkpoint at all
+    for run, names in ((bce, ("best.pt", "last.pt")), (focal, ("last.pt",))):
+        (run / "checkpoints").mkdir()
+        for name in names:
+            (run / "checkpoints" / name).write_bytes(b"")
+    results = load_grid(tmp_path)
+    assert results.trained_run_dirs("resnet50", "binary") == {"bce": bce}
+    assert results.trained_run_dirs("resnet50", "binary", which="last") == {
+        "bce": bce,
+        "focal": focal,
+    }
+    assert results.trained_run_dirs("resnet50", "multilabel") == {}

@@ -217,15 +217,36 @@ def assemble(
         raise BookError(f"grid folder {g} does not exist; run `imbalens grid PARAMS.yaml` first")
     root = Path(out).resolve() if out is not None else g / "_book"
     _claim_book_dir(root, default=out is None)
-    for child in root.iterdir():  # a fresh book: no page of an older grid state lingers
+    _empty_book_dir(root)
+    cfg = book_config(yaml.safe_load((repo / "_config.yml").read_text()) or {}, g.name, repo)
+    atomic_write_text(root / "_config.yml", yaml.safe_dump(cfg, sort_keys=False))
+    _copy_static_pages(repo / "book", root)
+
+    errors: list[str] = []
+    front = _copy_front_pages(g, root, errors)
+    runs = _copy_run_pages(g, root, errors)
+    if not runs and not [p for p in front if p != "methods"]:
+        raise BookError(f"{g} holds no executed notebook; run `imbalens grid` first")
+    atomic_write_text(root / "_toc.yml", yaml.safe_dump(book_toc(front, runs), sort_keys=False))
+    for e in errors:
+        log.warning("book: error output in %s", e)
+    return Assembled(root, list(runs), front, errors)
+
+
+def _empty_book_dir(root: Path) -> None:
+    """Remove everything but :data:`BOOK_MARKER`: no page of an older grid state lingers."""
+    for child in root.iterdir():
         if child.name == BOOK_MARKER:
             continue
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
-    cfg = book_config(yaml.safe_load((repo / "_config.yml").read_text()) or {}, g.name, repo)
-    atomic_write_text(root / "_config.yml", yaml.safe_dump(cfg, sort_keys=False))
 
-    static = repo / "book"
+def _copy_static_pages(static: Path, root: Path) -> None:
+    """Copy ``book/``'s static pages and assets (not the notebook sources) into ``root``.
+
+    Raises:
+        BookError: when ``book/index.md``, the book's root page, is missing.
+    """
     for item in static.iterdir():
         # .py: the notebook sources; .ipynb: their jupytext pairs (not executed pages)
         if item.suffix in (".py", ".ipynb") or item.name.startswith((".", "_build", "__")):
@@ -235,7 +256,9 @@ def assemble(
     if not (root / "index.md").is_file():
         raise BookError(f"{static / 'index.md'} is missing: the book needs a root page")
 
-    errors: list[str] = []
+
+def _copy_front_pages(g: Path, root: Path, errors: list[str]) -> list[str]:
+    """The grid's executed :data:`FRONT` pages (or their static ``.md``) that exist, in order."""
     front: list[str] = []
     for page in FRONT:
         executed = g / rf.PAGES_DIR / rf.NOTEBOOK.format(stage=page)
@@ -246,27 +269,33 @@ def assemble(
             front.append(page)
         else:
             log.warning("book: no %s page (%s absent)", page, executed)
+    return front
 
+
+def _copy_run_pages(g: Path, root: Path, errors: list[str]) -> dict[str, list[str]]:
+    """Each run's executed stage notebooks: ``{run id: ["runs/<id>/<stage>", ...]}``."""
     runs: dict[str, list[str]] = {}
     for rid in _run_ids(g):
         pages = []
         for stage in STAGES:
             executed = g / rid / rf.NOTEBOOK.format(stage=stage)
             if executed.is_file():
-                _copy_notebook(
-                    executed,
-                    root / "runs" / rid / rf.NOTEBOOK.format(stage=stage),
-                    rid,
-                    errors,
-                    g / rid,
-                )
+                dest = root / "runs" / rid / rf.NOTEBOOK.format(stage=stage)
+                _copy_notebook(executed, dest, rid, errors, g / rid)
                 pages.append(f"runs/{rid}/{stage}")
         if pages:
             runs[rid] = pages
-    if not runs and not [p for p in front if p != "methods"]:
-        raise BookError(f"{g} holds no executed notebook; run `imbalens grid` first")
+    return runs
 
-    toc = {
+
+def book_toc(front: list[str], runs: dict[str, list[str]]) -> dict[str, Any]:
+    """The ``_toc.yml`` (``jb-book``): the study's pages, then one part per run.
+
+    Example:
+        >>> book_toc(["results"], {"r1": ["runs/r1/train"]})["parts"][1]
+        {'caption': 'Run r1', 'chapters': [{'file': 'runs/r1/train'}]}
+    """
+    return {
         "format": "jb-book",
         "root": "index",
         "parts": [{"caption": "The study", "chapters": [{"file": p} for p in front]}]
@@ -275,10 +304,6 @@ def assemble(
             for rid, pages in runs.items()
         ],
     }
-    atomic_write_text(root / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
-    for e in errors:
-        log.warning("book: error output in %s", e)
-    return Assembled(root, list(runs), front, errors)
 
 
 def _jupyter_book() -> list[str]:

@@ -43,15 +43,15 @@ from typing import Any
 
 import pandas as pd
 
-from imbalens.study.results import (
-    METRIC_LABELS,
+from imbalens.study.labels import (
     WEIGHTED_LOSSES,
-    GridResults,
     loss_label,
-    loss_table,
+    metric_label,
+    model_label,
     ordered,
-    paper_loss_table,
+    task_label,
 )
+from imbalens.study.results import GridResults, loss_table, paper_loss_table
 from imbalens.study.stats import N_BOOT, format_ci, grid_uncertainty, summary_rows
 
 Verdict = tuple[bool | None, str]
@@ -229,7 +229,7 @@ def _ci_rows(rows: pd.DataFrame, metrics: tuple[str, ...]) -> tuple[list[str], s
     for m in metrics:
         losses = set(have.loc[have["metric"] == m, "loss"])
         if "bce" not in losses:
-            return [], f"no BCE value of {METRIC_LABELS.get(m, m)}"
+            return [], f"no BCE value of {metric_label(m)}"
     ok = [
         loss
         for loss in WEIGHTED_LOSSES
@@ -262,13 +262,13 @@ def _direction_ci(
             text = _ci_text(loss, row)
             items.append(text)
             if pd.isna(lo) or pd.isna(hi):
-                unsure.append(f"{loss_label(loss)}'s {METRIC_LABELS.get(m, m)} has no CI")
+                unsure.append(f"{loss_label(loss)}'s {metric_label(m)} has no CI")
             elif min(lo, hi) > 0:
                 support += 1
             elif max(lo, hi) < 0:
-                against.append(f"{text} excludes 0 the other way ({METRIC_LABELS.get(m, m)})")
+                against.append(f"{text} excludes 0 the other way ({metric_label(m)})")
             else:
-                unsure.append(f"{text} includes 0 ({METRIC_LABELS.get(m, m)})")
+                unsure.append(f"{text} includes 0 ({metric_label(m)})")
         arrow = "up" if sign > 0 else "down"
         parts.append(f"{m} {arrow}, loss - BCE: " + ", ".join(items))
     total = len(losses) * len(signs)
@@ -298,9 +298,9 @@ def _equivalence_ci(
             lo, hi = row["ci_lo"], row["ci_hi"]
             text = _ci_text(loss, row)
             items.append(text)
-            label = f"{text} ({METRIC_LABELS.get(m, m)})"
+            label = f"{text} ({metric_label(m)})"
             if pd.isna(lo) or pd.isna(hi):
-                unsure.append(f"{loss_label(loss)}'s {METRIC_LABELS.get(m, m)} has no CI")
+                unsure.append(f"{loss_label(loss)}'s {metric_label(m)} has no CI")
             elif -margin <= lo and hi <= margin:
                 inside += 1
             elif lo > margin or hi < -margin:
@@ -441,15 +441,13 @@ def verdict_changes(claims: pd.DataFrame) -> list[str]:
 
     Computed from :func:`evaluate_claims` (the sign test vs the CI verdict and its reason).
     """
-    from imbalens.study.results import TASK_LABELS, model_label
-
     out = []
     for row in claims.itertuples():
         old = verdict_text(row.sign_holds)
         if row.verdict in AGREES[old]:
             continue
         out.append(
-            f"{model_label(row.model)}, {TASK_LABELS.get(row.task, row.task)}, "
+            f"{model_label(row.model)}, {task_label(row.task)}, "
             f"“{row.statement}”: the sign test said *{old}*; with 95% CIs it is "
             f"**{row.verdict}** ({row.reason})."
         )
@@ -480,11 +478,9 @@ def claims_view(claims: pd.DataFrame) -> pd.DataFrame:
     Columns: verdict (95% CI), evidence (CIs), sign test (old), paper (no CI), evidence
     (paper: single numbers, sign test).
     """
-    from imbalens.study.results import TASK_LABELS, model_label
-
     view = pd.DataFrame(
         {
-            "task": claims["task"].map(lambda t: TASK_LABELS.get(t, t)),
+            "task": claims["task"].map(task_label),
             "model": claims["model"].map(model_label),
             "claim": claims["statement"],
             "verdict (95% CI)": claims["verdict"],
@@ -510,3 +506,39 @@ def style_claims(view: pd.DataFrame) -> Any:
         .set_properties(**{"text-align": "left", "vertical-align": "top"})
         .set_table_styles([{"selector": "td, th", "props": "padding: 3px 8px;"}])
     )
+
+
+def differences_view(uncertainty: pd.DataFrame) -> pd.DataFrame:
+    """The numbers the claims use, for reading: each weighted loss minus BCE, with its CI.
+
+    From :func:`imbalens.study.stats.summary_rows` of ``uncertainty``
+    (:func:`imbalens.study.stats.grid_uncertainty`), rows with a difference only, indexed
+    (task, model, metric, loss) by display labels. Columns: ``loss - BCE [95% CI]`` (the
+    bootstrap CI), ``t over seeds`` (the t-interval over per-seed differences, ``— (1
+    seed)`` with one seed) and ``method`` (how the CI was computed: n images, n seeds).
+    """
+    diffs = summary_rows(uncertainty).dropna(subset=["diff"])
+    view = pd.DataFrame(
+        {
+            "task": diffs["task"].map(task_label),
+            "model": diffs["model"].map(model_label),
+            "metric": diffs["metric"].map(metric_label),
+            "loss": diffs["loss"].map(loss_label),
+            "loss - BCE [95% CI]": [
+                format_ci(d, lo, hi, signed=True)
+                for d, lo, hi in zip(diffs["diff"], diffs["ci_lo"], diffs["ci_hi"], strict=True)
+            ],
+            "t over seeds": [
+                format_ci(d, lo, hi, signed=True) if n > 1 else "— (1 seed)"
+                for d, lo, hi, n in zip(
+                    diffs["diff"],
+                    diffs["diff_t_lo"],
+                    diffs["diff_t_hi"],
+                    diffs["n_seeds"],
+                    strict=True,
+                )
+            ],
+            "method": diffs["method"],
+        }
+    )
+    return view.set_index(["task", "model", "metric", "loss"])

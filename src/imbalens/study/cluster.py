@@ -355,17 +355,58 @@ def run_grid_dask(
     )  # fmt: skip  (phantom, run folders, grid.json: the local path's own preparation)
     runs = g.expand(spec, overrides)
     chosen = g.select(runs, only)
-    results = {r.id: r for r in prep.runs}
-    report = g.GridReport(spec.name, prep.grid_dir, list(results.values()), {}, 0.0)
+    report = g.GridReport(spec.name, prep.grid_dir, list(prep.runs), {}, 0.0)
     resources = dict(task_resources or ({"GPU": float(gpus_per_run)} if gpus_per_run else {}))
     client = connect(scheduler, workers=spec.jobs)
+    _log_start(client, spec, len(chosen), len(runs), len(todo), resources)
+    task = _TaskArgs(todo, nb_dir, threads, gpus_per_run, resources)
+    _run_tasks(client, scheduler, spec, report, chosen, task, started, progress)
+    if pages and not report.interrupted:
+        report.pages = g._run_pages(spec, report.grid_dir, runs, report.runs, Path(nb_dir))
+    report.seconds = time.perf_counter() - t0
+    g._write_grid_json(report, spec, started)
+    return report
+
+
+@dataclass(frozen=True)
+class _TaskArgs:
+    """What every run's Dask task gets besides its run: stages, notebooks, GPUs, resources."""
+
+    stages: list[str]
+    notebook_dir: str
+    threads: int | None
+    gpus_per_run: int
+    resources: dict[str, float]
+
+
+def _log_start(
+    client: Any, spec: g.GridSpec, n_chosen: int, n_runs: int, n_stages: int, resources: dict
+) -> None:
     has_dashboard = "dashboard" in client.scheduler_info().get("services", {})
     log.info(
         "grid %s: %d of %d runs x %d stages on Dask %s%s%s",
-        spec.name, len(chosen), len(runs), len(todo), client.scheduler.address,
+        spec.name, n_chosen, n_runs, n_stages, client.scheduler.address,
         f" (dashboard {client.dashboard_link})" if has_dashboard else "",
         f", each needs {resources}" if resources else "",
     )  # fmt: skip
+
+
+def _run_tasks(
+    client: Any,
+    scheduler: Any,
+    spec: g.GridSpec,
+    report: g.GridReport,
+    chosen: Sequence[g.Run],
+    task: _TaskArgs,
+    started: str,
+    progress: bool | None,
+) -> None:
+    """Submit one task per chosen run and fill ``report`` as they finish (``grid.json`` too).
+
+    Ctrl-C cancels the tasks and marks the pending runs interrupted; the client (and a
+    LocalCluster this module started) is closed in any case.
+    """
+    results = {r.id: r for r in report.runs}
     bar = g._progress(len(chosen), progress)
 
     def on_done(run: g.Run, res: g.RunResult, _outcome: TaskOutcome | None) -> None:
@@ -380,12 +421,13 @@ def run_grid_dask(
     try:
         for r in chosen:
             fut = client.submit(
-                run_task, r.id, str(report.grid_dir / r.id), r.hash, todo, nb_dir, threads,
-                gpus_per_run, key=f"imbalens-{spec.name}-{r.id}-{r.hash}",
-                resources=resources or None, retries=0, pure=False,
+                run_task, r.id, str(report.grid_dir / r.id), r.hash, task.stages,
+                task.notebook_dir, task.threads, task.gpus_per_run,
+                key=f"imbalens-{spec.name}-{r.id}-{r.hash}",
+                resources=task.resources or None, retries=0, pure=False,
             )  # fmt: skip
             futures[fut] = r
-        _collect(client, futures, todo, on_done)
+        _collect(client, futures, task.stages, on_done)
     except KeyboardInterrupt:
         client.cancel(list(futures))
         report.interrupted = True
@@ -397,11 +439,6 @@ def run_grid_dask(
         bar.close()
         _close(client, scheduler)
     report.runs = list(results.values())
-    if pages and not report.interrupted:
-        report.pages = g._run_pages(spec, report.grid_dir, runs, report.runs, Path(nb_dir))
-    report.seconds = time.perf_counter() - t0
-    g._write_grid_json(report, spec, started)
-    return report
 
 
 def _close(client: Any, scheduler: Any) -> None:

@@ -9,8 +9,8 @@ that they stay visible on any background.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,15 +21,19 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from imbalens.study.results import (
+from imbalens.explain.samples import CamSample
+from imbalens.study.labels import (
     LOSS_ORDER,
     METRIC_LABELS,
-    TASK_LABELS,
-    CamSample,
     loss_label,
+    metric_label,
     model_label,
     ordered,
+    task_label,
 )
+
+if TYPE_CHECKING:
+    from imbalens.study.results import GridResults
 
 LOSS_COLORS: dict[str, str] = {
     "bce": "#0072B2",  # blue
@@ -132,7 +136,7 @@ def figure1(
     """The paper's Figure 1: rows = boxed samples, columns = the input then one CAM per loss.
 
     Args:
-        samples: one :class:`imbalens.study.results.CamSample` per row.
+        samples: one :class:`imbalens.explain.samples.CamSample` per row.
         columns: CAM keys in column order (default: the losses present, paper order).
         title: figure title.
         panel: size of one panel in inches.
@@ -177,6 +181,36 @@ def figure1(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def grid_figure1(
+    results: GridResults, which: str = "best", source: str = ""
+) -> Iterator[Figure | str]:
+    """Figure 1 for each (task, model) of a grid, or a Markdown note saying why there is none.
+
+    The runs of a (task, model) that have the checkpoint ``which``, lowest seed per loss
+    (:meth:`imbalens.study.results.GridResults.trained_run_dirs`), give the CAMs of one
+    boxed test image per finding (:func:`imbalens.explain.samples.cam_samples`), drawn
+    by :func:`figure1` with ``source`` (the grid's label) under the title. A generator: each
+    figure is made when the caller asks for the next one, so it can be shown and closed
+    first.
+    """
+    from imbalens.explain.samples import cam_samples
+
+    for task in results.tasks:
+        for model in results.models:
+            trained = results.trained_run_dirs(model, task, which)
+            label = f"{model_label(model)}, {task_label(task)}"
+            if not trained:
+                yield f"*{label}: no trained checkpoint, no Figure 1.*"
+                continue
+            try:
+                samples = cam_samples(trained, which=which)
+            except (OSError, RuntimeError, KeyError, ValueError) as err:
+                yield f"*{label}: Figure 1 could not be drawn: `{err}`*"
+                continue
+            if samples:
+                yield figure1(samples, title=f"Figure 1 ({label}): CAMs with boxes\n{source}")
 
 
 Intervals = dict[tuple[str, str], tuple[float, float]]
@@ -263,7 +297,7 @@ def grouped_bars(
         if len(categories) <= 3:
             ax.bar_label(container, fmt="%.3g", fontsize=8, padding=2)
     ax.set_xticks(x, categories, rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_ylabel(metric_label(metric))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     return drawn
@@ -318,6 +352,26 @@ def figure2(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def grid_figure2(
+    results: GridResults, uncertainty: pd.DataFrame, source: str = ""
+) -> Iterator[Figure]:
+    """:func:`figure2` for each (task, model) of a grid that has performance rows.
+
+    ``uncertainty`` is :func:`imbalens.study.stats.grid_uncertainty` of the grid; each
+    figure gets the rows of its (model, task) as error bars and ``source`` under the title.
+    A generator, like :func:`grid_figure1`.
+    """
+    perf = results.performance
+    for task in results.tasks:
+        for model in results.models:
+            sub = perf[(perf["model"] == model) & (perf["task"] == task)]
+            if sub.empty:
+                continue
+            label = f"{model_label(model)}, {task_label(task)}"
+            unc = uncertainty[(uncertainty["model"] == model) & (uncertainty["task"] == task)]
+            yield figure2(sub, title=f"Figure 2 ({label}, 95% CI)\n{source}", uncertainty=unc)
 
 
 def performance_bars(metrics: pd.DataFrame, title: str | None = None) -> Figure:
@@ -453,9 +507,7 @@ def comparison_bars(
     the 95% CIs of the summary rows (label ``all``).
     """
     frame = table.assign(
-        setting=table["model"].map(model_label)
-        + "\n"
-        + table["task"].map(lambda t: TASK_LABELS.get(t, t))
+        setting=table["model"].map(model_label) + "\n" + table["task"].map(task_label)
     )
     settings = list(dict.fromkeys(frame["setting"]))
     losses = ordered(frame["loss"], LOSS_ORDER)
@@ -469,11 +521,7 @@ def comparison_bars(
     intervals_of = None
     if uncertainty is not None:
         unc = uncertainty[uncertainty["label"] == "all"]
-        unc = unc.assign(
-            setting=unc["model"].map(model_label)
-            + "\n"
-            + unc["task"].map(lambda t: TASK_LABELS.get(t, t))
-        )
+        unc = unc.assign(setting=unc["model"].map(model_label) + "\n" + unc["task"].map(task_label))
         intervals_of = {m: ci_intervals(unc, m, category_col="setting") for m in metrics}
     for ax, metric in zip(axes[0], metrics, strict=True):
         intervals = None if intervals_of is None else intervals_of[metric]
@@ -481,7 +529,7 @@ def comparison_bars(
             ax, frame, metric, settings, losses, category_col="setting", intervals=intervals
         )
         ax.set_title(METRIC_LABELS.get(metric, metric.capitalize()))
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.set_ylabel(metric_label(metric))
         ax.tick_params(axis="x", rotation=0)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("center")

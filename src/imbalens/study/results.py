@@ -10,6 +10,10 @@ recorded, never fatal: a grid with two losses and one model is a valid (smaller)
 The paper's Table 1 (soft IoBB/IoR) and Table 2 (Disjoint/Unique) of Khakzar, Li et al.
 (2022) live in ``paper_numbers.yaml`` next to this module and are loaded with
 :func:`paper_numbers`; they are always labelled ``"paper"``.
+
+Display names and orderings (``CB-Focal``, ``T-DenseNet``, the paper's loss order) come
+from :mod:`imbalens.study.labels`; the CAMs of Figure 1 are recomputed from checkpoints
+by :mod:`imbalens.explain.samples`.
 """
 
 from __future__ import annotations
@@ -17,43 +21,29 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from imbalens import runfolder as rf
+from imbalens.study.labels import (
+    LOSS_ORDER,
+    MODEL_ORDER,
+    TASK_ORDER,
+    loss_label,
+    metric_label,
+    model_label,
+    ordered,
+    task_label,
+)
 
 log = logging.getLogger(__name__)
 
-LOSS_ORDER: tuple[str, ...] = ("bce", "wbce", "focal", "cbfocal")
-"""Losses in the paper's column order."""
-LOSS_LABELS: dict[str, str] = {
-    "bce": "BCE",
-    "wbce": "WBCE",
-    "focal": "Focal",
-    "cbfocal": "CB-Focal",
-}
-WEIGHTED_LOSSES: tuple[str, ...] = ("wbce", "focal", "cbfocal")
-"""The cost-sensitive losses the paper compares with plain BCE."""
-MODEL_ORDER: tuple[str, ...] = ("t-densenet", "resnet50")
-MODEL_LABELS: dict[str, str] = {"t-densenet": "T-DenseNet", "resnet50": "ResNet50"}
-TASK_ORDER: tuple[str, ...] = ("multilabel", "binary")
-TASK_LABELS: dict[str, str] = {"multilabel": "multi-label", "binary": "binary"}
-METRIC_LABELS: dict[str, str] = {
-    "auroc": "AUROC",
-    "ap": "AP",
-    "mean_prob": "mean predicted probability",
-    "iobb": "IoBB",
-    "ior": "IoR",
-    "disjoint": "Disjoint",
-    "unique": "Unique",
-}
 AVERAGE = "Average"
 """Name of the class-average row added to a multi-label run's performance."""
 
@@ -66,22 +56,6 @@ CONCEPT_COLUMNS = ["run", "model", "loss", "task", "seed", "disjoint", "unique"]
 def summary_class(task: str) -> str:
     """The row that summarises a run in Figure 2: ``"Average"`` (multi-label) or ``"Unhealthy"``."""
     return AVERAGE if task == "multilabel" else "Unhealthy"
-
-
-def loss_label(loss: str) -> str:
-    """Display name of a loss (``cbfocal`` -> ``CB-Focal``); unknown names pass through."""
-    return LOSS_LABELS.get(loss, loss)
-
-
-def model_label(model: str) -> str:
-    """Display name of a model (``t-densenet`` -> ``T-DenseNet``)."""
-    return MODEL_LABELS.get(model, model)
-
-
-def ordered(values: Any, order: tuple[str, ...]) -> list[str]:
-    """Distinct ``values`` sorted by ``order``; values not in ``order`` follow, alphabetically."""
-    seen = sorted(set(values), key=lambda v: (order.index(v) if v in order else len(order), v))
-    return list(seen)
 
 
 @dataclass
@@ -133,6 +107,14 @@ class GridResults:
         for loss in ordered(sel["loss"], LOSS_ORDER):
             out[loss] = Path(sel[sel["loss"] == loss]["path"].iloc[0])
         return out
+
+    def trained_run_dirs(self, model: str, task: str, which: str = "best") -> dict[str, Path]:
+        """:meth:`run_dirs` restricted to runs that have the checkpoint ``which`` (best | last)."""
+        return {
+            loss: path
+            for loss, path in self.run_dirs(model, task).items()
+            if (rf.RunFolder(path).checkpoints / f"{which}.pt").is_file()
+        }
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -379,6 +361,19 @@ def paper_loss_table() -> pd.DataFrame:
     return _sort(frame)
 
 
+def _display_order(index: Any, metrics: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """Rows (task, model, metric), as display labels, in the paper's order; others last."""
+    rank = (
+        [task_label(t) for t in TASK_ORDER],
+        [model_label(m) for m in MODEL_ORDER],
+        [metric_label(m) for m in metrics],
+    )
+    return sorted(
+        index,
+        key=lambda r: tuple(rk.index(v) if v in rk else 9 for rk, v in zip(rank, r, strict=True)),
+    )
+
+
 def side_by_side(
     ours: pd.DataFrame, metrics: tuple[str, ...], ours_label: str, digits: int = 4
 ) -> pd.DataFrame:
@@ -400,23 +395,14 @@ def side_by_side(
     long = long[[(t, m) in present for t, m in zip(long["task"], long["model"], strict=True)]]
     long["loss"] = long["loss"].map(loss_label)
     long["model"] = long["model"].map(model_label)
-    long["task"] = long["task"].map(lambda t: TASK_LABELS.get(t, t))
-    long["metric"] = long["metric"].map(lambda m: METRIC_LABELS.get(m, m))
+    long["task"] = long["task"].map(task_label)
+    long["metric"] = long["metric"].map(metric_label)
     wide = long.pivot_table(
         index=["task", "model", "metric"], columns=["source", "loss"], values="value", dropna=False
     )
-    cols = [(src, LOSS_LABELS[loss]) for src in ("paper", ours_label) for loss in LOSS_ORDER]
+    cols = [(src, loss_label(loss)) for src in ("paper", ours_label) for loss in LOSS_ORDER]
     wide = wide.reindex(columns=pd.MultiIndex.from_tuples(cols, names=["source", "loss"]))
-    row_order = sorted(
-        wide.index,
-        key=lambda r: (
-            [TASK_LABELS[t] for t in TASK_ORDER].index(r[0]) if r[0] in TASK_LABELS.values() else 9,
-            [MODEL_LABELS[m] for m in MODEL_ORDER].index(r[1])
-            if r[1] in MODEL_LABELS.values()
-            else 9,
-            [METRIC_LABELS.get(m, m) for m in metrics].index(r[2]),
-        ),
-    )
+    row_order = _display_order(wide.index, metrics)
     return wide.reindex(row_order).round(digits)
 
 
@@ -442,7 +428,7 @@ def side_by_side_ci(
     cells: dict[tuple[str, str, str], dict[tuple[str, str], str]] = {}
 
     def key(task: str, model: str, metric: str) -> tuple[str, str, str]:
-        return (TASK_LABELS.get(task, task), model_label(model), METRIC_LABELS.get(metric, metric))
+        return (task_label(task), model_label(model), metric_label(metric))
 
     for row in unc.itertuples():
         lo, hi = (row.lo, row.hi) if pd.notna(row.lo) else (row.t_lo, row.t_hi)
@@ -459,24 +445,14 @@ def side_by_side_ci(
             cells.setdefault(key(row.task, row.model, metric), {})[
                 (PAPER_NO_CI, loss_label(row.loss))
             ] = text
-    cols = [(src, LOSS_LABELS[x]) for src in (PAPER_NO_CI, ours_label) for x in LOSS_ORDER]
+    cols = [(src, loss_label(x)) for src in (PAPER_NO_CI, ours_label) for x in LOSS_ORDER]
     frame = pd.DataFrame.from_dict(cells, orient="index").reindex(
         columns=pd.MultiIndex.from_tuples(cols, names=["source", "loss"])
     )
     if frame.empty:
         return frame
     frame.index = pd.MultiIndex.from_tuples(frame.index, names=["task", "model", "metric"])
-    rank = {
-        "task": [TASK_LABELS[t] for t in TASK_ORDER],
-        "model": [MODEL_LABELS[m] for m in MODEL_ORDER],
-        "metric": [METRIC_LABELS.get(m, m) for m in metrics],
-    }
-    order = sorted(
-        frame.index,
-        key=lambda r: tuple(
-            rank[n].index(v) if v in rank[n] else 9 for n, v in zip(rank, r, strict=True)
-        ),
-    )
+    order = _display_order(frame.index, metrics)
     return frame.reindex(order).astype(object).fillna("—")
 
 
@@ -491,110 +467,6 @@ def grid_label(results: GridResults) -> str:
             continue
     data = "/".join(sorted(roots)) or "unknown data"
     return f"imbalens (this grid: {results.grid_dir.name}, {data})"
-
-
-@dataclass
-class CamSample:
-    """One boxed test image with its box mask and a CAM per run (Figure 1's rows).
-
-    Attributes:
-        finding: the boxed finding shown.
-        image_name: file name of the image.
-        image: (H, W) grey image in [0, 1] (model input, de-normalised).
-        mask: (H, W) bool, the union of that finding's boxes.
-        cams: ``{key: (H, W) CAM in [0, 1]}``, key a loss (or any run label); the CAM is
-            that of the finding's own output (multi-label) or the single output (binary).
-    """
-
-    finding: str
-    image_name: str
-    image: np.ndarray
-    mask: np.ndarray
-    cams: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def pick_boxed_images(boxes: pd.DataFrame, findings: Sequence[str]) -> dict[str, str]:
-    """One image per finding: the first (by name) with a box of it, preferring unused images.
-
-    ``boxes`` has columns image and finding (:func:`imbalens.data.nih.load_boxes`). Findings
-    without any box are left out.
-    """
-    chosen: dict[str, str] = {}
-    for finding in findings:
-        names = sorted(boxes.loc[boxes["finding"] == finding, "image"].unique())
-        if not names:
-            continue
-        fresh = [n for n in names if n not in chosen.values()]
-        chosen[finding] = (fresh or names)[0]
-    return chosen
-
-
-def cam_samples(
-    run_dirs: Mapping[str, str | Path],
-    findings: Sequence[str] | None = None,
-    which: str = "best",
-    device: str = "cpu",
-) -> list[CamSample]:
-    """CAMs of one boxed test image per finding, for each run in ``run_dirs``.
-
-    The data (root, task, image size, split) are those of the first run's config; all
-    runs must share the task. CAMs come from :func:`imbalens.explain.cam.class_activation_maps`
-    with the run's ``analysis.normalise``-independent default (min-max at the feature
-    resolution, bilinear upsampling), for the finding's output (binary: the single one).
-
-    Args:
-        run_dirs: ``{label: run folder}``, e.g. ``{"bce": ..., "wbce": ...}``.
-        findings: boxed findings to show (default all 8 that have boxes in the data).
-        which: checkpoint, ``"best"`` or ``"last"``.
-        device: where to run the models.
-
-    Raises:
-        ValueError: empty ``run_dirs`` or runs of different tasks.
-    """
-    import torch
-
-    from imbalens.data.findings import BOXED_FINDINGS
-    from imbalens.data.nih import denormalize, load_nih_from_config
-    from imbalens.explain.cam import class_activation_maps
-    from imbalens.training.checkpoint import load_model_from_run
-
-    if not run_dirs:
-        raise ValueError("cam_samples needs at least one run folder")
-    first = Path(next(iter(run_dirs.values())))
-    cfg = yaml.safe_load((first / rf.CONFIG).read_text())
-    d = cfg["data"]
-    data = load_nih_from_config(d)
-    size = int(d["image_size"])
-    dataset = data.dataset("boxed", size)
-    position = {name: i for i, name in enumerate(dataset.names)}
-    boxes = data.boxes(size)
-    boxes = boxes[boxes["image"].isin(position)]  # boxed *test* images only
-    picked = pick_boxed_images(boxes, list(findings or BOXED_FINDINGS))
-    items = [dataset[position[name]] for name in picked.values()]
-    if not items:
-        log.warning("no boxed test images in %s", d["root"])
-        return []
-    samples = []
-    for (finding, name), item in zip(picked.items(), items, strict=True):
-        f_idx = BOXED_FINDINGS.index(finding)
-        samples.append(
-            CamSample(
-                finding=finding,
-                image_name=name,
-                image=denormalize(item["image"]).mean(0).numpy(),
-                mask=item["box_mask"][f_idx].numpy().astype(bool),
-            )
-        )
-    batch = torch.stack([item["image"] for item in items]).to(device)
-    for label, run_dir in run_dirs.items():
-        model, run_cfg = load_model_from_run(run_dir, which=which, map_location=device)
-        if run_cfg["data"]["task"] != d["task"]:
-            raise ValueError(f"{run_dir} is task {run_cfg['data']['task']}, expected {d['task']}")
-        cams = class_activation_maps(model, batch).cpu().numpy()
-        for i, sample in enumerate(samples):
-            out = data.class_names.index(sample.finding) if d["task"] == "multilabel" else 0
-            sample.cams[label] = cams[i, out]
-    return samples
 
 
 COMPONENT_PREFIX = "components:"
@@ -641,7 +513,7 @@ def design_gaps(results: GridResults) -> list[str]:
     for what, present, full, label in (
         ("losses", results.losses, LOSS_ORDER, loss_label),
         ("models", results.models, MODEL_ORDER, model_label),
-        ("tasks", results.tasks, TASK_ORDER, lambda t: TASK_LABELS.get(t, t)),
+        ("tasks", results.tasks, TASK_ORDER, task_label),
     ):
         absent = [label(x) for x in full if x not in present]
         if absent:
