@@ -50,7 +50,8 @@ from scipy import stats as sps
 
 from imbalens import runfolder as rf
 from imbalens.data.findings import BOXED_FINDINGS
-from imbalens.study.results import LOSS_ORDER, GridResults, ordered, summary_class
+from imbalens.study.labels import LOSS_ORDER, ordered
+from imbalens.study.results import GridResults, summary_class
 
 log = logging.getLogger(__name__)
 
