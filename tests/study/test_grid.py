@@ -210,7 +210,7 @@ def test_select_glob_and_substring() -> None:
 
 
 def test_repo_params_files_parse() -> None:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     expected = {"quick": 16, "smoke": None, "nih-mini": 16, "paper": 16, "phantom-gpu": 48}
     for name, n in expected.items():
         spec = load_params(repo / "params" / f"{name}.yaml")
