@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from imbalens.config import merge_config
 from imbalens.data import prepared as prep
 from imbalens.data.nih import load_nih, read_image
 from imbalens.data.prepared import StaleCache, open_prepared, prepare, verify
@@ -168,18 +167,17 @@ def test_prepare_cli_reads_the_config_and_names_what_is_missing(
     assert "data.prepared" in capsys.readouterr().err
 
 
-def test_a_run_on_the_cache_with_device_augmentation_trains(phantom: Path, tmp_path: Path) -> None:
+def test_a_run_on_the_cache_with_device_augmentation_trains(
+    phantom: Path, tmp_path: Path, small_config
+) -> None:
     cache = tmp_path / "cache"
     prepare(phantom, cache, 32, workers=1)
-    cfg = merge_config(
-        {
-            "data": {"root": str(phantom), "image_size": 32, "prepared": str(cache)}
-            | {"augment_on": "device"},
-            "model": {"name": "t-densenet"},
-            "loss": {"name": "wbce"},
-            "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3}
-            | {"precision": "fp32", "progress": "off", "workers": 1},
-        }
+    cfg = small_config(
+        phantom,
+        data={"prepared": str(cache), "augment_on": "device"},
+        loss={"name": "wbce"},
+        train={"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3}
+        | {"progress": "off", "workers": 1},
     )
     metrics = train(cfg, tmp_path / "run")
     assert np.isfinite(metrics["auroc_mean"])
