@@ -313,13 +313,8 @@ def train_one_epoch(
     Raises:
         FloatingPointError: a non-finite loss (fp32/bf16), naming epoch and step.
     """
-    net, criterion, optimizer, scaler = (
-        learner.net,
-        learner.criterion,
-        learner.optimizer,
-        learner.scaler,
-    )
-    net.train()
+    criterion = learner.criterion
+    learner.net.train()
     bar = step_progress(
         rt.progress,
         n_steps,
@@ -341,22 +336,14 @@ def train_one_epoch(
         images = model_input(batch["image"], rt.device, rt.memory_format, gen)
         targets = batch["target"].to(rt.device, non_blocking=True).float()
         with rt.autocast():
-            logits = net(images)
+            logits = learner.net(images)
         loss = criterion(logits.float(), targets)
-        if not torch.isfinite(loss) and scaler is None:
+        if not torch.isfinite(loss) and learner.scaler is None:
             raise FloatingPointError(
                 f"loss is {loss.item()} at epoch {state.epoch + 1} step {state.step + 1}: "
                 "lower train.lr or use precision fp32"
             )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss * ranks).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            (loss * ranks).backward()
-            optimizer.step()
-        learner.scheduler.step()
+        _optimiser_step(learner, loss * ranks)
         state.loss_sum += ranks * all_reduce_mean(loss.item(), rt.info, rt.device)
         state.step += 1
         state.global_step += 1
@@ -365,6 +352,21 @@ def train_one_epoch(
         if on_step is not None:
             on_step(state)
     bar.close()
+
+
+def _optimiser_step(learner: Learner, loss: torch.Tensor) -> None:
+    """Backward ``loss`` (scaled by the fp16 gradient scaler, if any), step the
+    optimiser, then the per-iteration schedule."""
+    optimizer, scaler = learner.optimizer, learner.scaler
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    learner.scheduler.step()
 
 
 def evaluate(
