@@ -1,8 +1,11 @@
 """Training engine: the paper's recipe, resumable, deterministic on CPU, DDP-ready.
 
 Reads top-down like torchvision's ``references/classification/train.py``:
-:func:`load_data`, :func:`train_one_epoch`, :func:`evaluate`, then :func:`train` (the
-main loop). Recipe (Khakzar, Li et al. 2022, Sec. 3; official code imba-explain):
+:func:`load_data`, :func:`train_one_epoch`, :func:`evaluate`, then :func:`train`, whose
+steps are each a function: a :class:`~imbalens.training.runtime.Runtime` (device,
+precision, memory format, progress, DDP rank; frozen, passed to every loop), the resume
+point, :func:`build_loaders`, :func:`build_learner` (restored, then :func:`distribute`),
+the epoch loop (:func:`record_epoch` after each) and the best checkpoint's scores. Recipe (Khakzar, Li et al. 2022, Sec. 3; official code imba-explain):
 Adam (lr 4e-4, weight decay 1e-6), per-iteration cosine annealing with an optional
 linear warm-up, the checkpoint with the best validation macro AUROC kept.
 
