@@ -25,7 +25,7 @@ Settings come from the run config's ``analysis`` section (:data:`imbalens.config
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import logging
 import time
@@ -48,6 +48,8 @@ from imbalens.explain.baselines import write_baselines
 from imbalens.explain.dissect import DISSECTION_MODES, default_q, dissect_model
 from imbalens.explain.localization import lesion_masks_of, summarise_localization
 from imbalens.io import atomic_write_text
+from imbalens.training.precision import autocast_context
+from imbalens.training.runtime import select_device
 
 __all__ = [
     "DONE",
@@ -65,20 +67,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DONE = rf.ANALYSIS_DONE
-
-
-def _device(setting: str | torch.device) -> torch.device:
-    if str(setting) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def _autocast(device: torch.device, precision: str) -> Callable[[], Any]:
-    try:
-        from imbalens.training.precision import autocast_context
-    except ImportError:  # pragma: no cover - precision module absent
-        return contextlib.nullcontext
-    return lambda: autocast_context(device, precision)
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -144,7 +132,7 @@ class _Setup:
 def _setup(model: nn.Module, data: Any, cfg: dict[str, Any], device, limit) -> _Setup:
     a_cfg = {**DEFAULTS["analysis"], **(cfg.get("analysis") or {})}
     size = int(cfg["data"]["image_size"])
-    dev = _device(device)
+    dev = select_device(device)
     precision = (cfg.get("train") or {}).get("precision", "fp32")
     model.to(dev).eval()
     full = data.dataset("boxed", size)
@@ -154,7 +142,8 @@ def _setup(model: nn.Module, data: Any, cfg: dict[str, Any], device, limit) -> _
     names = set(full.names[: len(dataset)])
     boxes = data.boxes(size)
     boxes = boxes[boxes["image"].isin(names)]
-    return _Setup(a_cfg, size, dev, precision, _autocast(dev, precision), full, dataset, boxes)
+    autocast = functools.partial(autocast_context, dev, precision)
+    return _Setup(a_cfg, size, dev, precision, autocast, full, dataset, boxes)
 
 
 def align_model(
