@@ -47,7 +47,7 @@ from imbalens.explain.alignment import alignment_table, summarise_alignment
 from imbalens.explain.baselines import write_baselines
 from imbalens.explain.dissect import DISSECTION_MODES, default_q, dissect_model
 from imbalens.explain.localization import lesion_masks_of, summarise_localization
-from imbalens.io import atomic_write_text
+from imbalens.io import atomic_write_csv, atomic_write_text
 from imbalens.training.precision import autocast_context
 from imbalens.training.runtime import select_device
 
@@ -67,10 +67,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DONE = rf.ANALYSIS_DONE
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write_text(path, df.to_csv(index=False))
 
 
 def _done(path: Path, force: bool) -> dict[str, Any] | None:
@@ -186,8 +182,8 @@ def align_model(
     write_baselines(model, cfg, data, st.dataset, table, folder.path, st.device, st.autocast)
     seconds["baselines"] = time.perf_counter() - t1
     folder.path.mkdir(parents=True, exist_ok=True)
-    _write_csv(table, folder.alignment)
-    _write_csv(summary, folder.alignment_summary)
+    atomic_write_csv(folder.alignment, table)
+    atomic_write_csv(folder.alignment_summary, summary)
     all_row = summary.set_index("finding").loc["all"]
     result = {
         "n_images": len(st.dataset),
@@ -249,7 +245,7 @@ def concepts_model(
     concepts = {**per_layer[layers[0]], "layers": per_layer, "seconds": seconds}
     folder.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder.concepts, json.dumps(concepts, indent=2, default=float))
-    _write_csv(pd.concat(channels, ignore_index=True), folder.concepts_channels)
+    atomic_write_csv(folder.concepts_channels, pd.concat(channels, ignore_index=True))
     result = {
         "n_images": len(st.dataset),
         "n_boxes": st.n_boxes,
