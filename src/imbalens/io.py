@@ -8,10 +8,15 @@ which is renamed over the target (``os.replace``, atomic on POSIX) only once com
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextlib.contextmanager
@@ -42,3 +47,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
+    """Write a dict as indented JSON with a final newline (NaN kept as ``NaN``),
+    atomically (see :func:`atomic_path`)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_csv(
+    path: str | os.PathLike[str], frame: pd.DataFrame, float_format: str | None = None
+) -> None:
+    """Write a data frame as CSV without its index, atomically (see :func:`atomic_path`)."""
+    atomic_write_text(path, frame.to_csv(index=False, float_format=float_format))

@@ -25,7 +25,7 @@ Settings come from the run config's ``analysis`` section (:data:`imbalens.config
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import logging
 import time
@@ -47,7 +47,9 @@ from imbalens.explain.alignment import alignment_table, summarise_alignment
 from imbalens.explain.baselines import write_baselines
 from imbalens.explain.dissect import DISSECTION_MODES, default_q, dissect_model
 from imbalens.explain.localization import lesion_masks_of, summarise_localization
-from imbalens.io import atomic_write_text
+from imbalens.io import atomic_write_csv, atomic_write_text
+from imbalens.training.precision import autocast_context
+from imbalens.training.runtime import select_device
 
 __all__ = [
     "DONE",
@@ -65,24 +67,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DONE = rf.ANALYSIS_DONE
-
-
-def _device(setting: str | torch.device) -> torch.device:
-    if str(setting) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def _autocast(device: torch.device, precision: str) -> Callable[[], Any]:
-    try:
-        from imbalens.training.precision import autocast_context
-    except ImportError:  # pragma: no cover - precision module absent
-        return contextlib.nullcontext
-    return lambda: autocast_context(device, precision)
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write_text(path, df.to_csv(index=False))
 
 
 def _done(path: Path, force: bool) -> dict[str, Any] | None:
@@ -144,7 +128,7 @@ class _Setup:
 def _setup(model: nn.Module, data: Any, cfg: dict[str, Any], device, limit) -> _Setup:
     a_cfg = {**DEFAULTS["analysis"], **(cfg.get("analysis") or {})}
     size = int(cfg["data"]["image_size"])
-    dev = _device(device)
+    dev = select_device(device)
     precision = (cfg.get("train") or {}).get("precision", "fp32")
     model.to(dev).eval()
     full = data.dataset("boxed", size)
@@ -154,7 +138,8 @@ def _setup(model: nn.Module, data: Any, cfg: dict[str, Any], device, limit) -> _
     names = set(full.names[: len(dataset)])
     boxes = data.boxes(size)
     boxes = boxes[boxes["image"].isin(names)]
-    return _Setup(a_cfg, size, dev, precision, _autocast(dev, precision), full, dataset, boxes)
+    autocast = functools.partial(autocast_context, dev, precision)
+    return _Setup(a_cfg, size, dev, precision, autocast, full, dataset, boxes)
 
 
 def align_model(
@@ -197,8 +182,8 @@ def align_model(
     write_baselines(model, cfg, data, st.dataset, table, folder.path, st.device, st.autocast)
     seconds["baselines"] = time.perf_counter() - t1
     folder.path.mkdir(parents=True, exist_ok=True)
-    _write_csv(table, folder.alignment)
-    _write_csv(summary, folder.alignment_summary)
+    atomic_write_csv(folder.alignment, table)
+    atomic_write_csv(folder.alignment_summary, summary)
     all_row = summary.set_index("finding").loc["all"]
     result = {
         "n_images": len(st.dataset),
@@ -260,7 +245,7 @@ def concepts_model(
     concepts = {**per_layer[layers[0]], "layers": per_layer, "seconds": seconds}
     folder.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder.concepts, json.dumps(concepts, indent=2, default=float))
-    _write_csv(pd.concat(channels, ignore_index=True), folder.concepts_channels)
+    atomic_write_csv(folder.concepts_channels, pd.concat(channels, ignore_index=True))
     result = {
         "n_images": len(st.dataset),
         "n_boxes": st.n_boxes,

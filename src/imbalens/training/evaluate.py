@@ -7,16 +7,16 @@ writes ``predictions_<split>.csv`` (``image``, then ``prob:<class>`` for each cl
 :func:`evaluate_run` reloads a run's best (or last) checkpoint and recomputes its
 predictions and :func:`imbalens.training.metrics.performance` on a split; the CLI command
 ``imbalens evaluate RUN_DIR [--which best|last] [--split test|val]`` calls it.
+Where and how the model runs (device, precision, memory format, DDP rank, progress
+bars) comes in one :class:`imbalens.training.runtime.Runtime`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +28,23 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from imbalens import runfolder as rf
-from imbalens.io import atomic_write_text
-from imbalens.training.distributed import DistInfo, EpochSampler, SeededDataset, gather_arrays
-from imbalens.training.precision import autocast_context
+from imbalens.io import atomic_write_csv, atomic_write_json
+from imbalens.training.distributed import EpochSampler, SeededDataset, gather_arrays
+from imbalens.training.precision import resolve_precision
+from imbalens.training.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def progress_enabled(setting: str, info: DistInfo) -> bool:
-    """Progress bars: ``on``/``off``, or ``auto`` = only on rank 0 with a terminal."""
-    if not info.is_main or setting == "off":
-        return False
-    return setting == "on" or sys.stderr.isatty()
-
-
-def eval_loader(
-    dataset: Dataset, batch_size: int, info: DistInfo, workers: int, device: torch.device
-) -> DataLoader:
+def eval_loader(dataset: Dataset, batch_size: int, workers: int, rt: Runtime) -> DataLoader:
     """A non-shuffled loader over this rank's shard of ``dataset``."""
-    sampler = EpochSampler(dataset, info, shuffle=False, seed=0)
+    sampler = EpochSampler(dataset, rt.info, shuffle=False, seed=0)
     return DataLoader(
         SeededDataset(dataset, 0),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=rt.device.type == "cuda",
     )
 
 
@@ -60,26 +52,27 @@ def eval_loader(
 def predict(
     model: nn.Module,
     loader: DataLoader,
-    device: torch.device,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    info: DistInfo | None = None,
-    progress: bool = False,
+    rt: Runtime,
+    bars: bool = False,
     desc: str = "predict",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits and targets of every sample of ``loader``'s data set, in data-set order.
+
+    Args:
+        model: the network (put in eval mode).
+        loader: a loader of ``{"image", "target", "sample"}`` batches.
+        rt: device, precision, memory format and DDP position.
+        bars: show a tqdm bar labelled ``desc``.
 
     Returns:
         ``(indices, logits (N, K) float32, targets (N, K) float32)``, identical on every
         rank; with DDP the shards are gathered and the sampler's padding dropped.
     """
-    info = info or DistInfo()
     model.eval()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     idx, logits, targets = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
-        with autocast_context(device, precision):
+    for batch in tqdm(loader, desc=desc, disable=not bars, leave=False):
+        images = batch["image"].to(rt.device, non_blocking=True, memory_format=rt.memory_format)
+        with rt.autocast():
             out = model(images)
         logits.append(out.float().cpu().numpy())
         targets.append(batch["target"].float().numpy())
@@ -91,7 +84,7 @@ def predict(
             "logits": np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
             "targets": np.concatenate(targets) if targets else np.zeros((0, k), np.float32),
         },
-        info,
+        rt.info,
     )
     return indices, arrays["logits"], arrays["targets"]
 
@@ -116,36 +109,25 @@ def predictions_frame(
 
 
 def write_predictions(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
-    """Write a predictions frame as CSV, atomically."""
-    atomic_write_text(path, frame.to_csv(index=False, float_format="%.7g"))
-
-
-def write_json(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
-    """Write a dict as indented JSON (NaN kept as ``NaN``), atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write a predictions frame as CSV (7 significant digits), atomically."""
+    atomic_write_csv(path, frame, float_format="%.7g")
 
 
 def score_split(
     model: nn.Module,
     dataset: Dataset,
     class_names: list[str],
-    device: torch.device,
-    precision: str,
-    channels_last: bool,
+    rt: Runtime,
     batch_size: int,
     workers: int,
-    info: DistInfo | None = None,
-    progress: bool = False,
     split: str = "test",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Predictions frame and :func:`imbalens.training.metrics.performance` of ``model`` on ``dataset``."""
+    """Predictions frame and :func:`imbalens.training.metrics.performance` of ``model`` on
+    ``dataset`` (progress bars as ``rt.bars``, labelled ``split``)."""
     from imbalens.training.metrics import performance
 
-    info = info or DistInfo()
-    loader = eval_loader(dataset, batch_size, info, workers, device)
-    indices, logits, targets = predict(
-        model, loader, device, precision, channels_last, info, progress, desc=split
-    )
+    loader = eval_loader(dataset, batch_size, workers, rt)
+    indices, logits, targets = predict(model, loader, rt, rt.bars, desc=split)
     probs = sigmoid(logits)
     names = [dataset.names[i] for i in indices]  # type: ignore[attr-defined]
     return predictions_frame(names, probs, targets, class_names), performance(
@@ -179,16 +161,14 @@ def evaluate_run(
     d, t = cfg["data"], cfg["train"]
     data = load_nih_from_config(d)
     dataset = data.dataset(split, d["image_size"], augment=False, cache=False)
-    channels_last = bool(t["channels_last"])
-    if channels_last:
+    rt = Runtime(dev, resolve_precision(t["precision"], dev), bool(t["channels_last"]))
+    if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     frame, metrics = score_split(
         model,
         dataset,
         list(data.class_names),
-        dev,
-        t["precision"],
-        channels_last,
+        rt,
         int(t["eval_batch_size"]),
         int(t["workers"]),
         split=split,
@@ -197,7 +177,7 @@ def evaluate_run(
     metrics = {**metrics, "which": which, "split": split, "epoch": epoch}
     dest = Path(out) if out is not None else run / "evaluation" / f"{which}-{split}"
     write_predictions(dest / "predictions.csv", frame)
-    write_json(dest / rf.METRICS, metrics)
+    atomic_write_json(dest / rf.METRICS, metrics)
     log.info(
         "%s %s %s: auroc_mean %.4f ap_mean %.4f",
         run.name,

@@ -14,7 +14,10 @@ import logging
 import math
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from imbalens.training.distributed import DistInfo
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,13 @@ def parse_progress(value: Any, key: str = "train.progress") -> str:
         f"{key} must be auto, on or off (YAML true/false mean on/off), got {value!r}; "
         f"e.g. --set {key}=auto"
     )
+
+
+def progress_enabled(setting: str, info: DistInfo) -> bool:
+    """Progress bars: ``on``/``off``, or ``auto`` = only on rank 0 with a terminal."""
+    if not info.is_main or setting == "off":
+        return False
+    return setting == "on" or sys.stderr.isatty()
 
 
 def format_seconds(seconds: float) -> str:
