@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CUDA checks, for a machine with an NVIDIA GPU (CI has none; run by hand):
-#   0. tests/test_cuda.py (bf16/fp16/fp32 training, RNG state and resume through a GPU)
+#   0. tests/training/test_cuda.py (bf16/fp16/fp32 training, RNG state and resume through a GPU)
 #   1. AMP training (precision auto -> bf16 where supported) and fp16 with a GradScaler,
 #      both models, on a phantom written here; evaluate; analyse (CAM, alignment, dissection)
 #   2. torchrun with the NCCL backend and train.sync_bn=true (SyncBatchNorm)
@@ -23,8 +23,8 @@ step environment
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
 
-step "pytest tests/test_cuda.py"
-[ "$DEVICE" = cpu ] || "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py
+step "pytest tests/training/test_cuda.py"
+[ "$DEVICE" = cpu ] || "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/training/test_cuda.py
 
 step phantom
 imb synth --out "$W/phantom" --images "$IMAGES" --size 256 --workers "$(nproc)"

@@ -1,9 +1,12 @@
-"""Shared fixtures: the real nih-mini subset (skipped when absent) and a tiny phantom."""
+"""Shared fixtures: the real nih-mini subset (skipped when absent), a tiny phantom and the
+small training config the tests build on (``small_config``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +42,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: the part every small test config shares: a random-init t-densenet on 32 px fp32 input
+SMALL_CONFIG: dict[str, dict[str, Any]] = {
+    "data": {"image_size": 32},
+    "model": {"name": "t-densenet"},
+    "train": {"precision": "fp32"},
+}
+
+
+@pytest.fixture
+def small_config() -> Callable[..., dict[str, Any]]:
+    """Factory of the tiny config of the training/analysis tests.
+
+    ``small_config(root, **sections)`` is ``merge_config(SMALL_CONFIG + data.root, sections)``:
+    each keyword is a config section (``data``, ``model``, ``loss``, ``train``, ``analysis``)
+    whose keys override the small defaults, deep-merged and checked for unknown keys as any
+    config layer. For example ``small_config(root, data={"image_size": 64},
+    train={"epochs": 2, "progress": "off"})``.
+    """
+    from imbalens.config import merge_config
+
+    def make(root: str | os.PathLike[str], **sections: Mapping[str, Any]) -> dict[str, Any]:
+        base = {k: dict(v) for k, v in SMALL_CONFIG.items()}
+        base["data"]["root"] = str(root)
+        return merge_config(base, sections)
+
+    return make

@@ -148,3 +148,19 @@ def test_progress_is_not_part_of_the_config_hash() -> None:
     b = merge_config(overrides=["train.progress=on"])
     assert config_hash(a) == config_hash(b)
     assert a["train"]["progress"] in ("off", False)  # the config itself is untouched
+
+
+def test_the_shared_small_config_is_valid_and_overridable(small_config, tmp_path) -> None:
+    from imbalens.config import validate_config
+
+    cfg = small_config(tmp_path)
+    validate_config(cfg)  # data.root exists
+    assert cfg["data"]["root"] == str(tmp_path) and cfg["data"]["image_size"] == 32
+    assert cfg["model"]["name"] == "t-densenet" and cfg["train"]["precision"] == "fp32"
+    assert cfg["loss"] == DEFAULTS["loss"] and cfg["train"]["epochs"] == DEFAULTS["train"]["epochs"]
+    big = small_config(tmp_path, data={"image_size": 64}, train={"epochs": 2, "workers": 0})
+    assert big["data"]["image_size"] == 64 and big["data"]["root"] == str(tmp_path)
+    assert big["train"]["epochs"] == 2 and big["train"]["precision"] == "fp32"
+    assert small_config(tmp_path)["data"]["image_size"] == 32  # each call starts afresh
+    with pytest.raises(ConfigError, match="imaeg_size"):
+        small_config(tmp_path, data={"imaeg_size": 64})

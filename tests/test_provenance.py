@@ -1,10 +1,9 @@
-"""Provenance: git commit and dirty flag, versions, config hash, footer; the CLI's errors."""
+"""Provenance: git commit and dirty flag, versions, config hash, footer (CLI: tests/test_cli.py)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -13,8 +12,6 @@ import pytest
 from imbalens import provenance as pv
 from imbalens import runfolder as rf
 from imbalens.config import config_hash, merge_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -92,57 +89,3 @@ def test_grid_table_lists_runs_with_provenance(tmp_path: Path) -> None:
     rows = pv.grid_table(tmp_path)
     assert [r["run"] for r in rows] == ["a-run", "b-run"]
     assert [r["config_hash"] for r in rows] == ["h-a-run", "h-b-run"]
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "imbalens.cli", *args], capture_output=True, text=True, check=False
-    )
-
-
-def test_cli_version_matches_pyproject() -> None:
-    import tomllib
-
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    proc = _cli("--version")
-    assert proc.returncode == 0 and proc.stdout.strip() == f"imbalens {version}"
-
-
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (("analyse", "/nonexistent"), "/nonexistent"),
-        (("evaluate", "/nonexistent"), "/nonexistent"),
-        (("train", "--config", "/nonexistent.yaml", "--out", "/tmp/x"), "/nonexistent.yaml"),
-    ],
-)
-def test_cli_user_error_is_one_line_without_traceback(args: tuple[str, ...], needle: str) -> None:
-    proc = _cli(*args)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in proc.stderr
-    assert len(lines) == 1 and lines[0].startswith(f"imbalens {args[0]}: error: "), lines
-    assert needle in lines[0]
-
-
-def test_book_config_adapts_the_root_config_to_a_grid_book() -> None:
-    import yaml
-
-    from imbalens.study.book import book_config
-
-    root = yaml.safe_load((REPO / "_config.yml").read_text())
-    assert root["html"]["favicon"] == "book/_static/favicon.svg"
-    assert root["sphinx"]["config"]["html_static_path"] == ["book/_static"]
-    assert root["repository"]["url"] == ""  # not the Jupyter Book default
-    cfg = book_config(root, "smoke", REPO)
-    assert cfg["title"].endswith("(smoke)")
-    assert cfg["html"]["favicon"] == "_static/favicon.svg"
-    sphinx = cfg["sphinx"]["config"]
-    assert not {"html_static_path", "html_css_files", "html_js_files"} & set(sphinx)
-    assert sphinx["nb_merge_streams"] is True
-    assert not [p for p in cfg["exclude_patterns"] if p.startswith(("runs", "book"))]
-    assert "_build/*" in cfg["exclude_patterns"]
-    footer = cfg["html"]["extra_footer"]
-    assert footer.startswith('<p class="imbalens-provenance">Book built with imbalens ')
-    assert f"commit {pv.git_state(REPO)['commit'][:7]}" in footer
-    assert root["html"]["favicon"] == "book/_static/favicon.svg"  # the input is not changed

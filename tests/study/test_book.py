@@ -7,6 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from imbalens import provenance as pv
 from imbalens.study.book import (
     BOOK_MARKER,
     FOOTER_CLASS,
@@ -18,6 +19,8 @@ from imbalens.study.book import (
     grid_dir_of,
     provenance_cell,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_book_toc_puts_the_study_first_then_one_part_per_run() -> None:
@@ -103,3 +106,26 @@ def test_empty_book_dir_keeps_only_the_marker(tmp_path: Path) -> None:
     (tmp_path / "_toc.yml").write_text("old")
     _empty_book_dir(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [BOOK_MARKER]
+
+
+def test_book_config_adapts_the_root_config_to_a_grid_book() -> None:
+    import yaml
+
+    from imbalens.study.book import book_config
+
+    root = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert root["html"]["favicon"] == "book/_static/favicon.svg"
+    assert root["sphinx"]["config"]["html_static_path"] == ["book/_static"]
+    assert root["repository"]["url"] == ""  # not the Jupyter Book default
+    cfg = book_config(root, "smoke", REPO)
+    assert cfg["title"].endswith("(smoke)")
+    assert cfg["html"]["favicon"] == "_static/favicon.svg"
+    sphinx = cfg["sphinx"]["config"]
+    assert not {"html_static_path", "html_css_files", "html_js_files"} & set(sphinx)
+    assert sphinx["nb_merge_streams"] is True
+    assert not [p for p in cfg["exclude_patterns"] if p.startswith(("runs", "book"))]
+    assert "_build/*" in cfg["exclude_patterns"]
+    footer = cfg["html"]["extra_footer"]
+    assert footer.startswith('<p class="imbalens-provenance">Book built with imbalens ')
+    assert f"commit {pv.git_state(REPO)['commit'][:7]}" in footer
+    assert root["html"]["favicon"] == "book/_static/favicon.svg"  # the input is not changed

@@ -101,3 +101,37 @@ def test_record_paths_names_the_real_source_and_output(tmp_path: Path) -> None:
         "input_path": str((tmp_path / "book" / "train.py").resolve()),
         "output_path": str((tmp_path / "run" / "train.ipynb").resolve()),
     }
+
+
+def test_source_without_parameters_cell_is_an_error(tmp_path: Path) -> None:
+    from imbalens.study.notebooks import read_source
+
+    p = tmp_path / "x.py"
+    p.write_text(textwrap.dedent("# %%\nx = 1\n"))
+    with pytest.raises(ValueError, match="parameters"):
+        read_source(p)
+
+
+def test_kernel_manager_ipc_and_no_sigint_before_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    from imbalens.study.notebooks import kernel_manager_class
+
+    cls = kernel_manager_class()
+    assert cls is not None  # POSIX with a short runtime path
+    km = cls(kernel_name="python3")
+    assert km.transport == "ipc"
+    calls: list[int] = []
+
+    async def interrupt(self: AsyncKernelManager) -> None:
+        calls.append(1)
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_interrupt_kernel", interrupt)
+    km.shutting_down = True  # what shutdown_kernel sets before it interrupts
+    asyncio.run(km._async_interrupt_kernel())
+    assert calls == []
+    km.shutting_down = False  # an interrupt asked for while running still goes through
+    asyncio.run(km._async_interrupt_kernel())
+    assert calls == [1]

@@ -311,7 +311,7 @@ def train_one_epoch(
     is called after every step (checkpointing, the crash hook). DDP averages gradients
     over ranks, which is the global batch's gradient for a ``mean`` loss; a ``sum`` loss
     (the paper's reduction) is scaled by the world size W before ``backward``, so that
-    W ranks of batch B/W take the step one process of batch B takes (tests/test_ddp.py).
+    W ranks of batch B/W take the step one process of batch B takes (tests/training/test_ddp.py).
 
     Raises:
         FloatingPointError: a non-finite loss (fp32/bf16), naming epoch and step.

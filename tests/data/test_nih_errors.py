@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nih_layout import BOX_HEADER, ENTRY_HEADER, image_names, write_nih
 from PIL import Image
-from test_data import BOX_HEADER, ENTRY_HEADER, image_names, write_nih
 
 from imbalens.data.nih import (
     NIH_URL,

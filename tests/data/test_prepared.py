@@ -1,9 +1,8 @@
-"""Prepared-image cache (imbalens.data.prepared) and batched device augmentation.
+"""Prepared-image cache (imbalens.data.prepared) and training from it with device augmentation.
 
 The cache must hold exactly the pixels the PNG path gives, be refused and rebuilt when its
 source changes, resume an interrupted build from its finished shards, and catch a corrupt
-shard by checksum. ``augment_batch`` must be a crop + flip + jitter whose geometry moves
-image and masks together and whose randomness is the generator's alone.
+shard by checksum. (The batched augmentation is tested in tests/data/test_transforms.py.)
 """
 
 from __future__ import annotations
@@ -12,18 +11,16 @@ import json
 import os
 import pickle
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from imbalens.config import merge_config
 from imbalens.data import prepared as prep
 from imbalens.data.nih import load_nih, read_image
 from imbalens.data.prepared import StaleCache, open_prepared, prepare, verify
-from imbalens.data.transforms import BatchAugment, augment_batch, normalize_batch, resize_grey
+from imbalens.data.transforms import resize_grey
 from imbalens.training.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -170,78 +167,17 @@ def test_prepare_cli_reads_the_config_and_names_what_is_missing(
     assert "data.prepared" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------- augmentation
-
-
-def test_augment_batch_moves_masks_with_the_image_and_follows_its_generator() -> None:
-    rng = np.random.default_rng(0)
-    n, s = 64, 48
-    masks = np.zeros((n, 2, s, s), dtype=bool)
-    for i in range(n):
-        y, x = rng.integers(4, 30, size=2)
-        masks[i, 0, y : y + 14, x : x + 10] = True
-    images = torch.from_numpy(masks[:, :1].astype(np.uint8) * 200 + 20)
-    m = torch.from_numpy(masks)
-    out, out_m = augment_batch(images, torch.Generator().manual_seed(1), m)
-    assert out.shape == (n, 3, s, s) and out.dtype == torch.float32
-    assert out_m is not None and out_m.dtype == torch.bool and out_m.shape == m.shape
-    # the bright square is where the moved mask is (up to the bilinear edge)
-    grey = out[:, 0]
-    bright = grey > grey.flatten(1).quantile(0.5, dim=1).view(n, 1, 1) + 0.5
-    agree = (bright == out_m[:, 0]).float().mean().item()
-    assert agree > 0.97, agree
-    # deterministic in its generator, different for another seed
-    again, _ = augment_batch(images, torch.Generator().manual_seed(1), m)
-    other, _ = augment_batch(images, torch.Generator().manual_seed(2), m)
-    assert torch.equal(out, again) and not torch.equal(out, other)
-    # the crop zooms in (scale 0.7..1), so a mask never shrinks
-    area = out_m[:, 0].float().sum(dim=(1, 2))
-    assert (area / m[:, 0].float().sum(dim=(1, 2))).min() >= 0.9  # zoom >= 1, never shrinks
-
-
-def test_augment_batch_known_answers() -> None:
-    images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
-    ident = BatchAugment.identity(4)
-    out, _ = augment_batch(images, ident)
-    assert torch.allclose(out, normalize_batch(images), atol=1e-5)
-    flipped, _ = augment_batch(images, replace(ident, flip=-torch.ones(4)))
-    assert torch.allclose(flipped, normalize_batch(images.flip(-1)), atol=1e-5)
-    # the left half, stretched to the whole width = crop then bilinear resize (inside;
-    # the last column blends with the pixel right of the crop, torchvision repeats the edge)
-    half, _ = augment_batch(images, replace(ident, w=torch.full((4,), 0.5)))
-    x = images.float() / 255
-    crop = torch.nn.functional.interpolate(x[..., :8], size=(16, 16), mode="bilinear")
-    expected = normalize_batch((crop * 255).round().to(torch.uint8))
-    assert torch.allclose(half[..., :15], expected[..., :15], atol=0.03)
-    bright, _ = augment_batch(images, replace(ident, brightness=torch.full((4,), 1.2)))
-    v = (x * 1.2).clamp(0, 1)
-    assert torch.allclose(bright, normalize_batch((v * 255).round().to(torch.uint8)), atol=0.02)
-
-
-def test_batch_augment_draws_match_random_resized_crop_ranges() -> None:
-    p = BatchAugment.draw(4000, torch.Generator().manual_seed(0))
-    area = p.w * p.h
-    assert area.min() >= 0.7 - 1e-6 and area.max() <= 1.0 + 1e-6
-    assert (p.x0 >= 0).all() and (p.x0 + p.w <= 1 + 1e-6).all() and (p.y0 + p.h <= 1 + 1e-6).all()
-    unclipped = (p.w < 1) & (p.h < 1)
-    ratio = (p.w / p.h)[unclipped]
-    assert ratio.min() >= 0.75 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
-    assert abs((p.flip < 0).float().mean().item() - 0.5) < 0.03
-    assert 0.8 <= p.brightness.min() and p.contrast.max() <= 1.2
-
-
-def test_a_run_on_the_cache_with_device_augmentation_trains(phantom: Path, tmp_path: Path) -> None:
+def test_a_run_on_the_cache_with_device_augmentation_trains(
+    phantom: Path, tmp_path: Path, small_config
+) -> None:
     cache = tmp_path / "cache"
     prepare(phantom, cache, 32, workers=1)
-    cfg = merge_config(
-        {
-            "data": {"root": str(phantom), "image_size": 32, "prepared": str(cache)}
-            | {"augment_on": "device"},
-            "model": {"name": "t-densenet"},
-            "loss": {"name": "wbce"},
-            "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3}
-            | {"precision": "fp32", "progress": "off", "workers": 1},
-        }
+    cfg = small_config(
+        phantom,
+        data={"prepared": str(cache), "augment_on": "device"},
+        loss={"name": "wbce"},
+        train={"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3}
+        | {"progress": "off", "workers": 1},
     )
     metrics = train(cfg, tmp_path / "run")
     assert np.isfinite(metrics["auroc_mean"])
