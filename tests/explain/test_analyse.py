@@ -19,21 +19,10 @@ from imbalens.explain.cam import class_activation_maps
 LIMIT = 12
 
 
-def _cfg(root, task="multilabel", name="t-densenet"):
-    return merge_config(
-        {
-            "data": {"root": str(root), "task": task, "image_size": 64},
-            "model": {"name": name},
-            "train": {"precision": "fp32"},
-            "analysis": {"batch_size": 5},
-        }
-    )
-
-
-def test_analyse_model_end_to_end(tiny_phantom, tmp_path):
+def test_analyse_model_end_to_end(tiny_phantom, tmp_path, small_config):
     from imbalens.training.models import build_model
 
-    cfg = _cfg(tiny_phantom)
+    cfg = small_config(tiny_phantom, data={"image_size": 64}, analysis={"batch_size": 5})
     data = load_nih(tiny_phantom)
     torch.manual_seed(0)
     model = build_model("t-densenet", len(data.class_names)).eval()
@@ -69,12 +58,17 @@ def test_analyse_model_end_to_end(tiny_phantom, tmp_path):
     assert (tmp_path / "alignment.csv").stat().st_mtime_ns == mtime
 
 
-def test_analyse_run_binary_resnet_cli(tiny_phantom, tmp_path):
+def test_analyse_run_binary_resnet_cli(tiny_phantom, tmp_path, small_config):
     from imbalens.cli import main
     from imbalens.training.checkpoint import save_checkpoint
     from imbalens.training.models import build_model
 
-    cfg = _cfg(tiny_phantom, task="binary", name="resnet50")
+    cfg = small_config(
+        tiny_phantom,
+        data={"task": "binary", "image_size": 64},
+        model={"name": "resnet50"},
+        analysis={"batch_size": 5},
+    )
     cfg["analysis"]["layer"] = "layer3"
     cfg["analysis"]["threshold"] = "batch"
     torch.manual_seed(0)
@@ -94,14 +88,14 @@ def test_analyse_run_binary_resnet_cli(tiny_phantom, tmp_path):
     assert res["n_boxes"] == concepts["n_boxes"] and res["n_images"] == 6
 
 
-def test_stages_run_alone_each_with_its_marker(tiny_phantom, tmp_path):
+def test_stages_run_alone_each_with_its_marker(tiny_phantom, tmp_path, small_config):
     """alignment computes CAMs + IoBB/IoR only; concepts the dissection only (official
     mode here); analyse_model then reuses both and writes analysis.done."""
     from imbalens.explain.analyse import align_model, concepts_model
     from imbalens.runfolder import RunFolder
     from imbalens.training.models import build_model
 
-    cfg = _cfg(tiny_phantom)
+    cfg = small_config(tiny_phantom, data={"image_size": 64}, analysis={"batch_size": 5})
     cfg["analysis"]["dissection"] = "official"
     data = load_nih(tiny_phantom)
     torch.manual_seed(0)

@@ -17,7 +17,6 @@ import pytest
 import torch
 import yaml
 
-from imbalens.config import merge_config
 from imbalens.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imbalens.training.train import CRASH_ENV, CRASH_EXIT_CODE, train
 
@@ -27,26 +26,13 @@ pytestmark = [
 ]
 
 
-def _config(root: Path, precision: str) -> dict:
-    cfg = merge_config(
-        {
-            "data": {"root": str(root), "image_size": 64},
-            "model": {"name": "t-densenet"},
-            "loss": {"name": "wbce"},
-            "train": {
-                "epochs": 2,
-                "batch_size": 16,
-                "max_steps_per_epoch": 6,
-                "lr": 1e-3,
-                "precision": precision,
-                "device": "cuda",
-                "progress": "off",
-                "workers": 0,
-            },
-        }
-    )
-    cfg["train"]["checkpoint_every_steps"] = 4
-    return cfg
+#: the tiny CUDA run: 64 px, 2 epochs of 6 steps, last.pt every 4 steps
+CUDA_RUN = {
+    "data": {"image_size": 64},
+    "loss": {"name": "wbce"},
+    "train": {"epochs": 2, "batch_size": 16, "max_steps_per_epoch": 6, "lr": 1e-3}
+    | {"device": "cuda", "progress": "off", "workers": 0, "checkpoint_every_steps": 4},
+}
 
 
 def test_rng_state_restores_from_a_checkpoint_loaded_onto_the_gpu(tmp_path: Path) -> None:
@@ -59,15 +45,18 @@ def test_rng_state_restores_from_a_checkpoint_loaded_onto_the_gpu(tmp_path: Path
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
-def test_trains_on_cuda(tiny_phantom: Path, tmp_path: Path, precision: str) -> None:
-    metrics = train(_config(tiny_phantom, precision), tmp_path / precision)
+def test_trains_on_cuda(tiny_phantom: Path, tmp_path: Path, precision: str, small_config) -> None:
+    cfg = small_config(tiny_phantom, **CUDA_RUN)
+    cfg["train"]["precision"] = precision
+    metrics = train(cfg, tmp_path / precision)
     history = pd.read_csv(tmp_path / precision / "history.csv")
     assert len(history) == 2 and history.train_loss.notna().all()
     assert 0.0 <= metrics["auroc_mean"] <= 1.0
 
 
-def test_killed_cuda_run_resumes(tiny_phantom: Path, tmp_path: Path) -> None:
-    cfg = _config(tiny_phantom, "fp16")  # the GradScaler's state travels too
+def test_killed_cuda_run_resumes(tiny_phantom: Path, tmp_path: Path, small_config) -> None:
+    cfg = small_config(tiny_phantom, **CUDA_RUN)
+    cfg["train"]["precision"] = "fp16"  # the GradScaler's state travels too
     config_file = tmp_path / "c.yaml"
     config_file.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"

@@ -22,7 +22,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from imbalens.config import merge_config
 from imbalens.data.prepared import prepare
 from imbalens.training.checkpoint import load_checkpoint
 from imbalens.training.train import CRASH_ENV, CRASH_EXIT_CODE, train
@@ -30,26 +29,12 @@ from imbalens.training.train import CRASH_ENV, CRASH_EXIT_CODE, train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _config(root: Path, data: dict | None = None) -> dict:
-    cfg = merge_config(
-        {
-            "data": {"root": str(root), "image_size": 32, "augment": True, **(data or {})},
-            "model": {"name": "t-densenet"},
-            "loss": {"name": "cbfocal"},
-            "train": {
-                "epochs": 2,
-                "batch_size": 8,
-                "eval_batch_size": 64,
-                "max_steps_per_epoch": 4,
-                "lr": 1e-3,
-                "precision": "fp32",
-                "progress": "off",
-                "workers": 0,
-            },
-        }
-    )
-    cfg["train"]["checkpoint_every_steps"] = 3
-    return cfg
+#: the run killed and resumed: augmentation on, cbfocal, 2 epochs of 4 steps, last.pt every 3
+RESUME_RUN = {
+    "loss": {"name": "cbfocal"},
+    "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 64, "max_steps_per_epoch": 4}
+    | {"lr": 1e-3, "progress": "off", "workers": 0, "checkpoint_every_steps": 3},
+}
 
 
 def _without_seconds(metrics: dict) -> dict:
@@ -58,14 +43,14 @@ def _without_seconds(metrics: dict) -> dict:
 
 @pytest.mark.parametrize("augment_on", ["loader", "device"])
 def test_killed_run_resumes_to_the_same_result(
-    tiny_phantom: Path, tmp_path: Path, augment_on: str
+    tiny_phantom: Path, tmp_path: Path, augment_on: str, small_config
 ) -> None:
     data: dict = {"augment_on": augment_on}
     if augment_on == "device":  # batches augmented in the loop, images from a prepared cache
         data["prepared"] = str(
             prepare(tiny_phantom, tmp_path / "cache", 32, workers=1).folder.parent
         )
-    cfg = _config(tiny_phantom, data)
+    cfg = small_config(tiny_phantom, data={"augment": True, **data}, **RESUME_RUN)
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     train(cfg, run_a)
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from imbalens.config import ConfigError, load_config, merge_config
 from imbalens.data.findings import FINDINGS, class_names
+from imbalens.paths import REPO
 from imbalens.training.checkpoint import (
     load_checkpoint,
     load_model_from_run,
@@ -203,7 +204,7 @@ def test_load_config_train_keys(tmp_path: Path) -> None:
 
 
 def test_example_config_is_valid() -> None:
-    example = Path(__file__).resolve().parents[1] / "params" / "train-example.yaml"
+    example = REPO / "params" / "train-example.yaml"
     cfg = load_config(example)
     assert cfg["model"]["name"] in ("resnet50", "t-densenet")
     assert cfg["train"]["lr"] == pytest.approx(4e-4)
