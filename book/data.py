@@ -19,7 +19,7 @@ phantom_root = "data/phantom"
 nih_mini_root = "../shared/data/nih-mini"
 # the phantom made when phantom_root holds none: the default grid's `phantom:` block
 # (params/quick.yaml), passed to imbalens.study.grid.ensure_phantom as the grid does
-phantom_params = {"n_images": 4000, "size": 256, "seed": 0}
+phantom_params = {"n_images": 4000, "size": 256, "seed": 0, "difficulty": 0.0}
 # figures
 image_size = 256
 n_examples = 3
