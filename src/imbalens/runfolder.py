@@ -18,6 +18,7 @@ Layout of a run folder::
     alignment.csv, alignment_summary.csv   CAM vs boxes (alignment stage)
     alignment.done            the alignment stage finished (its summary)
     concepts.json, concepts_channels.csv   dissection (concepts stage)
+    concepts_images.csv       per-image Disjoint/Unique terms (the concepts' bootstrap)
     concepts.done             the concepts stage finished (its summary)
     baselines.csv             untrained / re-randomised / map baselines (alignment stage)
     sensitivity.csv           metrics under other q / layer / CAM choices (sensitivity page)
@@ -56,6 +57,7 @@ ALIGNMENT = "alignment.csv"
 ALIGNMENT_SUMMARY = "alignment_summary.csv"
 CONCEPTS = "concepts.json"
 CONCEPTS_CHANNELS = "concepts_channels.csv"
+CONCEPTS_IMAGES = "concepts_images.csv"
 ANALYSIS_DONE = "analysis.done"
 ALIGNMENT_DONE = "alignment.done"
 CONCEPTS_DONE = "concepts.done"
@@ -149,6 +151,10 @@ class RunFolder:
     @property
     def concepts_channels(self) -> Path:
         return self._p(CONCEPTS_CHANNELS)
+
+    @property
+    def concepts_images(self) -> Path:
+        return self._p(CONCEPTS_IMAGES)
 
     @property
     def baselines(self) -> Path:

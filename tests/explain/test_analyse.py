@@ -50,6 +50,10 @@ def test_analyse_model_end_to_end(tiny_phantom, tmp_path, small_config):
     assert 0 < concepts["unique"] <= concepts["disjoint"]
     channels = pd.read_csv(tmp_path / "concepts_channels.csv")
     assert len(channels) == 512 and channels["n_images"].sum() == round(concepts["unique"] * LIMIT)
+    terms = pd.read_csv(tmp_path / "concepts_images.csv")  # the bootstrap's per-image terms
+    assert terms["image"].tolist() == list(ds.names[:LIMIT]) and terms["primary"].all()
+    assert terms["disjoint"].mean() == pytest.approx(concepts["disjoint"])
+    assert terms["unique"].sum() == channels["n_images"].sum()
     done = json.loads((tmp_path / DONE).read_text())
     assert done["iobb"] == pytest.approx(summary.loc["all", "iobb_mean"])
     # finished folder: skipped, files untouched
@@ -113,6 +117,9 @@ def test_stages_run_alone_each_with_its_marker(tiny_phantom, tmp_path, small_con
     assert written["counting"] == "contours" and written["normalise"] == "entries"
     assert written["threshold"] == "batch" and written["floor_ties"] is False
     assert written["n_entries"] == written["n_boxes"] == concepts["n_boxes"]
+    terms = pd.read_csv(folder.concepts_images)  # weighted by box entries (official)
+    ratio = (terms["weight"] * terms["disjoint"]).sum() / terms["norm"].sum()
+    assert ratio == pytest.approx(written["disjoint"]) and terms["norm"].sum() == written["n_boxes"]
     mtimes = [p.stat().st_mtime_ns for p in (folder.alignment, folder.concepts)]
     res = analyse_model(model, data, cfg, tmp_path, device="cpu", limit=4)
     assert [p.stat().st_mtime_ns for p in (folder.alignment, folder.concepts)] == mtimes

@@ -265,3 +265,19 @@ def test_box_crop_fast_path_equals_whole_map_upsampling(
     assert fast.per_finding == ref.per_finding
     pd.testing.assert_frame_equal(fast.per_channel, ref.per_channel)
     assert fast.total_components > 0
+
+
+def _ratio(res, col: str) -> float:
+    t = res.per_image
+    return float((t["weight"] * t[col]).sum() / t["norm"].sum())
+
+
+def test_per_image_terms_reproduce_the_counts():
+    """The bootstrap's per-image terms give back Disjoint and Unique on the full set."""
+    res = count_concepts(_batches(), Q)  # per image: (d_i, u_i), weight = norm = 1
+    assert res.per_image["disjoint"].sum() == 7 and len(res.per_image) == 3
+    assert (res.per_image["weight"] == 1).all() and (res.per_image["norm"] == 1).all()
+    assert (_ratio(res, "disjoint"), _ratio(res, "unique")) == pytest.approx((7 / 3, 2.0))
+    boxes = count_concepts(_batches(), Q, normalise="boxes", n_boxes=4)  # entries unknown
+    assert boxes.per_image["norm"].tolist() == pytest.approx([4 / 3] * 3)
+    assert (_ratio(boxes, "disjoint"), _ratio(boxes, "unique")) == pytest.approx((7 / 4, 6 / 4))

@@ -196,3 +196,19 @@ def test_entries_normalise_needs_entries() -> None:
     planted = _planted_batches()
     with pytest.raises(ValueError, match="entries"):
         count_concepts([(a, torch.from_numpy(b)) for a, b, _ in planted], 0.04, **OFFICIAL)
+
+
+def test_per_image_terms_weigh_an_image_by_its_box_entries() -> None:
+    """Official averaging (an image once per box entry): weight = norm = its entries."""
+    planted = _planted_batches()
+    batches = [(a, torch.from_numpy(b), None, _entries(lab)) for a, b, lab in planted]
+    res = count_concepts(batches, 0.04, **OFFICIAL)
+    t = res.per_image
+    entries = np.concatenate([_entries(lab) for _, _, lab in planted]).sum(1)
+    assert t["weight"].tolist() == entries.tolist() == t["norm"].tolist()
+    assert float((t["weight"] * t["disjoint"]).sum() / t["norm"].sum()) == pytest.approx(
+        res.disjoint, abs=1e-12
+    )
+    assert float((t["weight"] * t["unique"]).sum() / t["norm"].sum()) == pytest.approx(
+        res.unique, abs=1e-12
+    )

@@ -208,6 +208,32 @@ def test_grid_uncertainty_three_seeds(tmp_path: Path) -> None:
     assert "t-interval over 3 seeds" in conc["method"]
 
 
+def test_concept_counts_bootstrap_over_boxed_images(tmp_path: Path) -> None:
+    """With concepts_images.csv, Disjoint/Unique get a paired bootstrap over images."""
+    grid = fake_grid(tmp_path)
+    rng = np.random.default_rng(1)
+    d = rng.poisson(3.0, 60).astype(float)
+    for loss, plus in (("bce", 0.0), ("wbce", 1.0)):  # every image: one concept more
+        run = rf.RunFolder(grid / f"resnet50-{loss}-binary-s0")
+        terms = pd.DataFrame({"layer": "layer4", "primary": True,
+                              "image": [f"{i:04d}.png" for i in range(60)],
+                              "disjoint": d + plus, "unique": np.minimum(d + plus, 2),
+                              "weight": 1.0, "norm": 1.0})  # fmt: skip
+        other = terms.assign(layer="layer3", primary=False, disjoint=100.0)  # not reported
+        pd.concat([terms, other]).to_csv(run.concepts_images, index=False)
+    summ = summary_rows(grid_uncertainty(load_grid(grid), n_boot=1000)).set_index(
+        ["metric", "loss"]
+    )
+    conc = summ.loc[("disjoint", "wbce")]
+    assert conc["diff"] == pytest.approx(1.0)
+    assert conc["ci_lo"] == pytest.approx(1.0) and conc["ci_hi"] == pytest.approx(1.0)
+    assert summ.loc[("disjoint", "bce"), "value"] == pytest.approx(d.mean())
+    assert "paired bootstrap over 60 boxed images" in conc["method"]
+    uniq = summ.loc[("unique", "wbce")]  # min(d+1, 2) - min(d, 2): 1 where d < 2, else 0
+    assert uniq["ci_lo"] < uniq["diff"] < uniq["ci_hi"]
+    assert uniq["diff"] == pytest.approx(float((d < 2).mean()))
+
+
 def test_format_ci() -> None:
     assert format_ci(0.3123, 0.29, 0.334) == "0.312 [0.290, 0.334]"
     assert format_ci(0.02, -0.01, 0.05, signed=True) == "+0.020 [-0.010, +0.050]"

@@ -230,7 +230,8 @@ def concepts_model(
     q = float(st.a_cfg["q"]) if st.a_cfg["q"] is not None else default_q(model)
     entries = st.box_entries()
     per_layer: dict[str, Any] = {}
-    channels, seconds = [], {}
+    channels, images, seconds = [], [], {}
+    names = list(st.full.names[: len(st.dataset)])  # dissection streams them in order
     for layer in layers:
         t0 = time.perf_counter()
         res = dissect_model(
@@ -241,11 +242,16 @@ def concepts_model(
         seconds[layer] = time.perf_counter() - t0
         per_layer[layer] = {"layer": layer, "dissection": st.a_cfg["dissection"], **res.summary()}
         channels.append(res.per_channel.assign(layer=layer))
+        if res.per_image is not None:
+            terms = res.per_image.assign(image=names, layer=layer, primary=layer == layers[0])
+            images.append(terms[["layer", "primary", "image", *res.per_image.columns]])
         log.info("%s: disjoint %.2f unique %.2f", layer, res.disjoint, res.unique)
     concepts = {**per_layer[layers[0]], "layers": per_layer, "seconds": seconds}
     folder.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder.concepts, json.dumps(concepts, indent=2, default=float))
     atomic_write_csv(folder.concepts_channels, pd.concat(channels, ignore_index=True))
+    if images:
+        atomic_write_csv(folder.concepts_images, pd.concat(images, ignore_index=True))
     result = {
         "n_images": len(st.dataset),
         "n_boxes": st.n_boxes,

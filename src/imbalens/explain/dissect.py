@@ -146,6 +146,10 @@ class ConceptCounts:
     counting: str = "components"
     n_entries: int | None = None
     floor_ties: bool = True
+    per_image: pd.DataFrame | None = None
+    """Per image (stream order): ``disjoint`` and ``unique`` (its concepts and detector
+    channels), ``weight`` and ``norm`` with Disjoint = sum(weight * disjoint) / sum(norm)
+    (likewise Unique) under ``normalise``: what a bootstrap over images resamples."""
 
     def summary(self) -> dict[str, Any]:
         """A JSON-serialisable summary (thresholds summarised, not listed)."""
@@ -808,6 +812,37 @@ def _normalised(tally: _Tally, run: _Run) -> tuple[float, float, int | None]:
     return float(d.sum() / z), float(u.sum() / z), n_entries
 
 
+def image_terms(
+    disjoint: np.ndarray,
+    unique: np.ndarray,
+    entries: np.ndarray | None,
+    normalise: str,
+    n_boxes: int | None,
+) -> pd.DataFrame:
+    """Per-image terms of Disjoint and Unique, so that a resample of images recomputes them.
+
+    With image $i$'s concept count $d_i$ (detector channels $u_i$), weight $w_i$ and
+    normaliser $z_i$: $\\text{Disjoint} = \\sum_i w_i d_i / \\sum_i z_i$ (likewise Unique).
+    ``images`` (the paper, Sec. 4.3): $w_i = z_i = 1$; ``entries`` (the official code,
+    an image once per box entry): $w_i = z_i = e_i$, its box entries; ``boxes``: $w_i = 1$,
+    $z_i = e_i$ (or ``n_boxes / n`` when the entries are unknown or do not add up to
+    ``n_boxes``, so that the full set always gives the reported value). A bootstrap of images
+    (Efron & Tibshirani 1993) then resamples a ratio of sums, as the counts are defined.
+    """
+    n = len(disjoint)
+    e = entries.sum(1).astype(np.float64) if entries is not None else None
+    ones = np.ones(n)
+    if normalise == "entries" and e is not None:
+        weight, norm = e, e
+    elif normalise == "boxes":
+        weight = ones
+        known = e is not None and n_boxes is not None and e.sum() == n_boxes
+        norm = e if known else ones * (float(n_boxes or 0) / max(n, 1))
+    else:
+        weight, norm = ones, ones
+    return pd.DataFrame({"disjoint": disjoint, "unique": unique, "weight": weight, "norm": norm})
+
+
 def count_concepts(
     batches: Iterable[Any],
     q: float,
@@ -885,6 +920,8 @@ def _result(
     batch_taus: list[np.ndarray],
 ) -> ConceptCounts:
     disjoint, unique, n_entries = _normalised(tally, run)
+    d, u, entries = tally.per_image()
+    per_image = image_terms(d, u, entries, run.normalise, run.n_boxes)
     per = pd.DataFrame(
         {
             "channel": np.arange(len(tau)),
@@ -915,6 +952,7 @@ def _result(
         counting=run.counting,
         n_entries=n_entries,
         floor_ties=run.floor_ties,
+        per_image=per_image,
     )
 
 

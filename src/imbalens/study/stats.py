@@ -186,14 +186,29 @@ def map_mean(column: str) -> Statistic:
     return stat
 
 
+def concept_ratio(column: str) -> Statistic:
+    """Disjoint or Unique from ``concepts_images.csv``'s terms: ``sum w d / sum z`` (all).
+
+    See :func:`imbalens.explain.dissect.image_terms`; one column, the label ``all``.
+    """
+
+    def stat(items: Items, w: np.ndarray) -> np.ndarray:
+        num, den = w @ items.arrays[f"num:{column}"], w @ items.arrays["den"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return num / den
+
+    return stat
+
+
 @dataclass(frozen=True)
 class Metric:
     """How to get one metric's uncertainty.
 
     Attributes:
         source: ``"predictions"`` (test images), ``"alignment"`` (boxed images, maps) or
-            ``"concepts"`` (one number per run: seeds only).
-        statistic: the vectorised statistic (None for ``concepts``).
+            ``"concepts"`` (boxed images, from ``concepts_images.csv``; runs without
+            that file get the t-interval over seeds only).
+        statistic: the vectorised statistic.
         column: the file column it reads (alignment, concepts).
     """
 
@@ -213,8 +228,8 @@ METRICS: dict[str, Metric] = {
     "mean_prob": Metric("predictions", _mean_prob),
     "iobb": map_metric("iobb"),
     "ior": map_metric("ior"),
-    "disjoint": Metric("concepts", column="disjoint"),
-    "unique": Metric("concepts", column="unique"),
+    "disjoint": Metric("concepts", concept_ratio("disjoint"), "disjoint"),
+    "unique": Metric("concepts", concept_ratio("unique"), "unique"),
 }
 """The registry: metric name -> how to resample it. New ``alignment.csv`` columns
 (``pointing``, ``topk_iou``, ...) are one line: ``"pointing": map_metric("pointing")``."""
@@ -307,7 +322,11 @@ class _Cache:
         key = (path, source)
         if key not in self.frames:
             folder = rf.RunFolder(Path(path))
-            file = folder.predictions("test") if source == "predictions" else folder.alignment
+            file = {
+                "predictions": folder.predictions("test"),
+                "alignment": folder.alignment,
+                "concepts": folder.concepts_images,
+            }[source]
             try:
                 self.frames[key] = pd.read_csv(file) if file.is_file() else None
             except (OSError, ValueError, pd.errors.ParserError) as err:
@@ -350,6 +369,31 @@ def _alignment_items(frames: list[pd.DataFrame], columns: list[str]) -> list[Ite
             arr[f"sums:{col}"] = wide.fillna(0).to_numpy(float)
             arr[f"counts:{col}"] = wide.notna().to_numpy(float)
     return [Items(a, [*findings, ALL]) for a in arrays]
+
+
+def _concept_items(frames: list[pd.DataFrame], columns: list[str]) -> list[Items]:
+    """The primary layer's per-image terms, on the boxed images every run has."""
+    need = {"primary", "image", "weight", "norm", *columns}
+    for f in frames:
+        if missing := need - set(f.columns):
+            raise ValueError(f"concepts_images.csv lacks {sorted(missing)}: rerun `concepts`")
+    idx = [f[f["primary"].astype(bool)].set_index("image") for f in frames]
+    images = sorted(set.intersection(*(set(f.index) for f in idx)))
+    out = []
+    for f in idx:
+        f = f.loc[images]
+        arrays = {"den": f[["norm"]].to_numpy(float)}
+        for col in columns:
+            arrays[f"num:{col}"] = (f["weight"] * f[col]).to_numpy(float)[:, None]
+        out.append(Items(arrays, [ALL]))
+    return out
+
+
+ITEMS: dict[str, Callable[[list[pd.DataFrame], list[str]], list[Items]]] = {
+    "alignment": _alignment_items,
+    "concepts": _concept_items,
+}
+"""Item builders by source (predictions, which need the task, are built apart)."""
 
 
 def _ci_rows(
@@ -414,7 +458,7 @@ def _source_rows(
             per_seed.append(_prediction_items(frames, task))
         else:
             cols = [str(metrics[m].column) for m in names]
-            per_seed.append(_alignment_items(frames, cols))
+            per_seed.append(ITEMS[source](frames, cols))
     empty = [s for s, seed in zip(seeds, per_seed, strict=True) if seed[0].n == 0]
     if empty:
         log.warning(
@@ -497,8 +541,9 @@ def grid_uncertainty(
 ) -> pd.DataFrame:
     """Every metric's value and difference to BCE, with CIs, for each (model, task, loss).
 
-    Reads each run's ``predictions_test.csv`` and ``alignment.csv`` (concepts from
-    ``results.concepts``). Runs of a (model, task) are paired within a seed; seeds with
+    Reads each run's ``predictions_test.csv``, ``alignment.csv`` and
+    ``concepts_images.csv`` (runs without the last get the concepts' t-interval over
+    seeds from ``results.concepts``). Runs of a (model, task) are paired within a seed; seeds with
     a loss missing for a source are left out of that source.
 
     Args:
@@ -523,15 +568,15 @@ def grid_uncertainty(
     rows: list[dict[str, Any]] = []
     for (model, task), sub in results.runs.groupby(["model", "task"], sort=False):
         key = {"model": model, "task": task}
-        for source in ("predictions", "alignment"):
+        for source in ("predictions", "alignment", "concepts"):
             names = [m for m, spec in metrics.items() if spec.source == source]
             if names:
                 found = _source_rows(
                     results, sub, source, names, cache, metrics, n_boot, rng, level
                 )
+                if source == "concepts" and not found:  # runs from before concepts_images.csv
+                    found = _concept_rows(results, model, task, names, level, metrics)
                 rows += [key | r for r in found]
-        names = [m for m, spec in metrics.items() if spec.source == "concepts"]
-        rows += [key | r for r in _concept_rows(results, model, task, names, level, metrics)]
     return pd.DataFrame(rows).reindex(columns=UNCERTAINTY_COLUMNS)
 
 
