@@ -71,6 +71,7 @@ from imbalens.runfolder import RunFolder
 from imbalens.study.labels import run_title
 from imbalens.study.plots import concept_channels_figure
 from imbalens.study.results import detectors_by_finding
+from imbalens.study.stats import concept_ci
 
 run = Path(run_dir)
 folder = RunFolder(run)
@@ -102,6 +103,16 @@ concepts = json.loads(folder.concepts.read_text())
 # %%
 scalars = {k: v for k, v in concepts.items() if not isinstance(v, dict | list)}
 pd.Series(scalars, name=title).to_frame()
+
+# %% [markdown]
+# How sure are these two numbers? The same counts with a 95% bootstrap interval over
+# this run's boxed images (each image's concepts and detector channels resampled, the
+# thresholds held fixed; `concepts_images.csv`, see Methods). The results page compares
+# losses with the paired version of this bootstrap.
+
+# %%
+terms = pd.read_csv(folder.concepts_images)
+concept_ci(terms[terms["primary"]]).round(3)
 
 # %% [markdown]
 # Every analysed layer. The paper does not say which layer it dissects. For ResNet50

@@ -17,6 +17,7 @@ from imbalens.study.stats import (
     METRICS,
     Items,
     bootstrap_draws,
+    concept_ci,
     format_ci,
     grid_uncertainty,
     map_mean,
@@ -249,3 +250,15 @@ def test_runs_without_shared_items_are_left_out(tmp_path: Path) -> None:
     unc = grid_uncertainty(load_grid(grid), n_boot=200)
     assert "iobb" not in set(unc["metric"])  # no (image, finding) pair in common
     assert {"auroc", "ap", "mean_prob", "disjoint"} <= set(unc["metric"])
+
+
+def test_concept_ci_of_one_run() -> None:
+    """A run whose images all have 3 concepts: value 3, CI [3, 3]; spread widens it."""
+    flat = pd.DataFrame({"image": [f"{i}" for i in range(40)], "disjoint": 3.0,
+                         "unique": 2.0, "weight": 1.0, "norm": 1.0})  # fmt: skip
+    ci = concept_ci(flat, n_boot=500)
+    assert ci.loc["disjoint", ["value", "lo", "hi"]].tolist() == [3.0, 3.0, 3.0]
+    assert ci.loc["unique", "n_images"] == 40
+    spread = flat.assign(disjoint=np.arange(40, dtype=float))
+    ci = concept_ci(spread, n_boot=500).loc["disjoint"]
+    assert ci["value"] == pytest.approx(19.5) and ci["lo"] < 19.5 < ci["hi"]

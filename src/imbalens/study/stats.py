@@ -591,6 +591,26 @@ def summary_rows(unc: pd.DataFrame, metrics: Mapping[str, Metric] = METRICS) -> 
     return unc[unc["label"] == pd.Series(want, index=unc.index)]
 
 
+def concept_ci(
+    terms: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
+) -> pd.DataFrame:
+    """One run's Disjoint and Unique with a bootstrap CI over its boxed images.
+
+    ``terms``: the primary layer's rows of ``concepts_images.csv``
+    (:func:`imbalens.explain.dissect.image_terms`). Rows: disjoint, unique; columns value,
+    lo, hi, n_images (percentile interval of :data:`N_BOOT` resamples, seeded).
+    """
+    cols = ["disjoint", "unique"]
+    items = _concept_items([terms.assign(primary=True)], cols)
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for col in cols:
+        draws, points = bootstrap_draws(concept_ratio(col), [items], n_boot, rng)
+        lo, hi = percentile_ci(draws[0, :, 0], level)
+        rows[col] = {"value": points[0, 0, 0], "lo": lo, "hi": hi, "n_images": items[0].n}
+    return pd.DataFrame(rows).T
+
+
 def format_ci(value: float, lo: float, hi: float, digits: int = 3, signed: bool = False) -> str:
     """``0.312 [0.290, 0.334]``; without a CI just the value (``—`` for NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
