@@ -21,6 +21,7 @@ Layout of a run folder::
     concepts_images.csv       per-image Disjoint/Unique terms (the concepts' bootstrap)
     concepts.done             the concepts stage finished (its summary)
     baselines.csv             untrained / re-randomised / map baselines (alignment stage)
+    concepts_baselines.csv    untrained / re-randomised Disjoint, Unique (concepts stage)
     sensitivity.csv           metrics under other q / layer / CAM choices (sensitivity page)
     analysis.done             ``imbalens analyse`` finished (both stages)
     <stage>.ipynb             executed notebook of each stage
@@ -62,6 +63,7 @@ ANALYSIS_DONE = "analysis.done"
 ALIGNMENT_DONE = "alignment.done"
 CONCEPTS_DONE = "concepts.done"
 BASELINES = "baselines.csv"
+CONCEPTS_BASELINES = "concepts_baselines.csv"
 SENSITIVITY = "sensitivity.csv"
 NOTEBOOK = "{stage}.ipynb"
 STAGE_MARKER = "{stage}.stage.done"
@@ -159,6 +161,10 @@ class RunFolder:
     @property
     def baselines(self) -> Path:
         return self._p(BASELINES)
+
+    @property
+    def concepts_baselines(self) -> Path:
+        return self._p(CONCEPTS_BASELINES)
 
     @property
     def analysis_done(self) -> Path:

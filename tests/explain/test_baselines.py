@@ -182,3 +182,56 @@ def test_analyse_writes_baselines_and_mask_columns(tiny_phantom, tmp_path) -> No
     assert u.loc["iobb", "trained"] == pytest.approx(first4["iobb"].mean())
     assert not u.loc["iobb", "beats"]  # nothing beats a uniform map at soft IoBB
     assert "baselines" in res["seconds"]
+    # the concepts stage: untrained / randomised dissection on the same first 4 images
+    conc = pd.read_csv(run.concepts_baselines)
+    assert set(conc["baseline"]) == {"untrained", "randomised-1"}
+    assert set(conc["metric"]) == {"disjoint", "unique"} and (conc["n"] == 4).all()
+    from imbalens.explain.analyse import dissection_settings
+    from imbalens.explain.dissect import dissect_model
+
+    a = {**cfg["analysis"]}
+    again = dissect_model(
+        model, torch.utils.data.Subset(data.dataset("boxed", 32), range(4)),
+        layer="features.norm5", q=0.01, batch_size=8, device="cpu",
+        box_entries=None, n_boxes=None, **dissection_settings(a, 32),
+    )  # fmt: skip
+    trained = conc.set_index(["baseline", "metric"])["trained"]
+    assert trained[("untrained", "disjoint")] == pytest.approx(again.disjoint)
+    assert trained[("untrained", "unique")] == pytest.approx(again.unique)
+
+
+def test_concept_baselines_rows_and_beats(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """write_concept_baselines: one dissection per model on the same images; beats = >."""
+    import pandas as pd
+
+    from imbalens.config import merge_config
+    from imbalens.explain.baselines import write_concept_baselines
+    from imbalens.runfolder import RunFolder
+
+    cfg = merge_config({"model": {"name": "t-densenet"}, "train": {"seed": 1},
+                        "analysis": {"cascade_levels": [1, 2], "baseline_images": 3}})  # fmt: skip
+    model = build_model("t-densenet", 2).eval()
+    calls = []
+
+    class Counts:
+        def __init__(self, d: float, n: int):
+            self.disjoint, self.unique, self.n_images = d, d / 2, n
+
+    def fake_dissect(m: torch.nn.Module, ds) -> Counts:  # the trained model: 5 concepts
+        calls.append(len(ds))
+        return Counts(5.0 if m is model else float(len(calls)), len(ds))
+
+    data = type("D", (), {"class_names": ["a", "b"]})()
+    seconds = write_concept_baselines(model, cfg, data, list(range(10)), fake_dissect, tmp_path)
+    assert calls == [3, 3, 3, 3] and set(seconds) == {
+        "trained",
+        "untrained",
+        "randomised-1",
+        "randomised-2",
+    }
+    t = pd.read_csv(RunFolder(tmp_path).concepts_baselines).set_index(["baseline", "metric"])
+    assert t.loc[("untrained", "disjoint"), "value"] == 2.0  # the second call
+    assert t.loc[("randomised-2", "unique"), "value"] == 2.0  # the fourth call, halved
+    assert (t["trained"].xs("disjoint", level="metric") == 5.0).all()
+    assert t["beats"].all() and (t["n"] == 3).all()
+    assert t.loc[("randomised-1", "disjoint"), "layers"] == "classifier"

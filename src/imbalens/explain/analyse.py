@@ -44,7 +44,7 @@ from imbalens import runfolder as rf
 from imbalens.config import DEFAULTS
 from imbalens.data.findings import BOXED_FINDINGS
 from imbalens.explain.alignment import alignment_table, summarise_alignment
-from imbalens.explain.baselines import write_baselines
+from imbalens.explain.baselines import write_baselines, write_concept_baselines
 from imbalens.explain.dissect import DISSECTION_MODES, default_q, dissect_model
 from imbalens.explain.localization import lesion_masks_of, summarise_localization
 from imbalens.io import atomic_write_csv, atomic_write_text
@@ -246,8 +246,20 @@ def concepts_model(
             terms = res.per_image.assign(image=names, layer=layer, primary=layer == layers[0])
             images.append(terms[["layer", "primary", "image", *res.per_image.columns]])
         log.info("%s: disjoint %.2f unique %.2f", layer, res.disjoint, res.unique)
-    concepts = {**per_layer[layers[0]], "layers": per_layer, "seconds": seconds}
     folder.path.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    def dissect_primary(m: nn.Module, ds: Dataset) -> Any:
+        """The run's dissection of ``layers[0]``, for the baselines of the same images."""
+        return dissect_model(
+            m.to(st.device), ds, layer=layers[0], q=q, batch_size=int(st.a_cfg["batch_size"]),
+            device=st.device, autocast=st.autocast, cache=bool(st.a_cfg["cache"]),
+            box_entries=entries, n_boxes=int(entries[: len(ds)].sum()), **kw,
+        )  # fmt: skip
+
+    write_concept_baselines(model, cfg, data, st.dataset, dissect_primary, folder.path)
+    seconds["baselines"] = time.perf_counter() - t0
+    concepts = {**per_layer[layers[0]], "layers": per_layer, "seconds": seconds}
     atomic_write_text(folder.concepts, json.dumps(concepts, indent=2, default=float))
     atomic_write_csv(folder.concepts_channels, pd.concat(channels, ignore_index=True))
     if images:
