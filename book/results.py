@@ -82,8 +82,11 @@ from imbalens.study.claims import (
 )
 from imbalens.study.plots import comparison_bars, grid_figure1, grid_figure2
 from imbalens.study.results import (
+    baselines_summary,
+    baselines_view,
     design_gaps,
     grid_label,
+    load_baselines,
     load_grid,
     loss_table,
     paper_numbers,
@@ -159,8 +162,10 @@ if table[["iobb", "ior"]].notna().any().any():
 # The paper's counts are over NIH's 880 boxed images with 512 (T-DenseNet) or 1,024/2,048
 # (ResNet50) channels; ours come from a different data set, image size and training
 # length, so compare the *ordering* across losses, not the magnitudes. A concept count is
-# one number per run (a sum over channels), so it has no image-level bootstrap: its CI
-# is the t-interval over seeds, and a one-seed grid shows *(no CI)*.
+# a ratio of sums over the boxed images, so its CI resamples the boxed images (each
+# image's concepts, with the thresholds held at their full-set values; with several
+# seeds, the seeds first); runs analysed before `concepts_images.csv` existed get the
+# t-interval over seeds only.
 
 # %% tags=["hide-input"]
 show(side_by_side_ci(uncertainty, ("disjoint", "unique"), ours, digits=2))
@@ -170,6 +175,34 @@ if table[["disjoint", "unique"]].notna().any().any():
     fig = comparison_bars(
         table, ["disjoint", "unique"], title=f"Concept counts, {ours}", uncertainty=uncertainty
     )
+
+# %% [markdown]
+# ## Sanity baselines: what a model that learned nothing scores
+#
+# Every trained number above beside what it would be without learning, on the same
+# boxed images (the first `analysis.baseline_images`) and computed the same way:
+# *untrained* (the architecture at its seeded random initialisation), *randomised-k*
+# (the trained model with its top k levels re-initialised, Adebayo et al. 2018's
+# cascading randomisation; the layers are in `baselines.csv`), and two maps with no
+# model at all, *uniform* (soft IoBB 1, IoR the box's area fraction: the two ends a
+# diffuse map can reach) and *centre* (a Gaussian at the image centre). A number means
+# something about learning only where it beats the untrained and randomised models;
+# soft IoBB never beats the uniform map, which is why the pointing game stands beside
+# it. First, how many runs beat each baseline (`k/n`, n the runs where it is defined):
+
+# %% tags=["hide-input"]
+baselines = load_baselines(results)
+if len(baselines):
+    display(show(baselines_summary(baselines)))
+else:
+    display(Markdown("*No run of this grid has `baselines.csv` yet (`analysis.baselines`).*"))
+
+# %% [markdown]
+# Each run, with the baselines its trained value does **not** beat (the flags):
+
+# %% tags=["hide-input"]
+if len(baselines):
+    display(show(baselines_view(baselines), digits=3))
 
 # %% [markdown]
 # ## Figure 1: CAMs of the four losses
@@ -249,8 +282,9 @@ display(Markdown("\n".join(f"- {line}" for line in verdict_changes(claims))))
 # The claims table is the page's verdict: read *holds* as "in this grid, for every
 # weighted loss present, by more than the resampling noise of the test images (and of
 # the seeds, when there are several)". *Inconclusive* is an answer too: this grid cannot
-# tell the difference from noise. A one-seed grid does not see seed-to-seed variation,
-# and the concept counts then have no CI at all (Methods). The paper's own tables do not
+# tell the difference from noise. A one-seed grid does not see seed-to-seed variation
+# (Methods), and a difference between losses matters only where the trained numbers
+# beat the sanity baselines above. The paper's own tables do not
 # support every claim for every loss either, and give no intervals: compare the verdict
 # columns.
 #

@@ -33,7 +33,8 @@ def test_loss_and_model_labels() -> None:
 def test_metric_label() -> None:
     assert metric_label("mean_prob") == "mean predicted probability"
     assert metric_label("iobb") == "IoBB"
-    assert metric_label("pointing") == "pointing"
+    assert metric_label("pointing") == "pointing game"
+    assert metric_label("topk_iou") == "topk_iou"  # unknown names pass through
 
 
 def test_ordered_follows_the_paper_then_the_alphabet() -> None:

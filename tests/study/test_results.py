@@ -236,3 +236,37 @@ def test_trained_run_dirs_keeps_runs_with_the_checkpoint(tmp_path: Path) -> None
         "focal": focal,
     }
     assert results.trained_run_dirs("resnet50", "multilabel") == {}
+
+
+def test_baselines_loaded_flagged_and_counted(tmp_path: Path) -> None:
+    """baselines.csv + concepts_baselines.csv of each run: the 'all' rows, the flags
+    (baselines the trained value does not beat) and the k/n summary."""
+    from imbalens.study.results import baselines_summary, baselines_view, load_baselines
+
+    for loss, trained in (("bce", 0.6), ("wbce", 0.2)):
+        run = write_run(tmp_path, "resnet50", loss, task="binary")
+        pd.DataFrame({
+            "baseline": ["untrained", "uniform", "untrained", "uniform", "untrained"],
+            "layers": ["all", "-", "all", "-", "all"],
+            "finding": ["all", "all", "all", "all", "Mass"],
+            "metric": ["iobb", "iobb", "otsu_iou", "otsu_iou", "iobb"],
+            "value": [0.3, 1.0, 0.1, None, 0.9], "n": 5,
+            "trained": [trained, trained, 0.2, 0.2, 0.1],
+            "beats": [trained > 0.3, False, True, None, False],
+        }).to_csv(run / "baselines.csv", index=False)  # fmt: skip
+        pd.DataFrame({"baseline": "untrained", "layers": "all", "finding": "all",
+                      "metric": ["disjoint", "unique"], "value": [10.0, 5.0], "n": 4,
+                      "trained": [12.0, 4.0], "beats": [True, False]}).to_csv(
+            run / "concepts_baselines.csv", index=False)  # fmt: skip
+    long = load_baselines(load_grid(tmp_path))
+    assert set(long["metric"]) == {"iobb", "disjoint", "unique"}  # 'all' rows, listed metrics
+    assert len(long) == 2 * 4
+    view = baselines_view(long)
+    assert view.loc[("binary", "ResNet50", "BCE", "IoBB"), "not beaten"] == "uniform"
+    assert view.loc[("binary", "ResNet50", "WBCE", "IoBB"), "not beaten"] == "untrained, uniform"
+    assert view.loc[("binary", "ResNet50", "BCE", "Unique"), "not beaten"] == "untrained"
+    assert view.loc[("binary", "ResNet50", "WBCE", "IoBB"), "trained"] == 0.2
+    summary = baselines_summary(long)
+    assert summary.loc["IoBB", "untrained"] == "1/2" and summary.loc["IoBB", "uniform"] == "0/2"
+    assert summary.loc["Disjoint", "untrained"] == "2/2"
+    assert baselines_view(long.iloc[0:0]).empty and baselines_summary(long.iloc[0:0]).empty

@@ -38,6 +38,7 @@ METRIC_LABELS: dict[str, str] = {
     "mean_prob": "mean predicted probability",
     "iobb": "IoBB",
     "ior": "IoR",
+    "pointing": "pointing game",
     "disjoint": "Disjoint",
     "unique": "Unique",
 }

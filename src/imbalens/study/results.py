@@ -275,6 +275,75 @@ def load_grid(grid_dir: str | Path) -> GridResults:
     )
 
 
+BASELINE_METRICS: tuple[str, ...] = ("iobb", "ior", "pointing", "disjoint", "unique")
+"""The numbers the results page sets beside their sanity baselines."""
+
+
+def load_baselines(results: GridResults) -> pd.DataFrame:
+    """Every run's sanity baselines over all its maps (``baselines.csv``, alignment) and
+    images (``concepts_baselines.csv``, concepts): one row per (run, baseline, metric).
+
+    Columns: model, loss, task, seed, run, metric, baseline (``untrained``,
+    ``randomised-k``, ``uniform``, ``centre``), layers, value, trained (the trained model
+    on the same images), beats (trained > value; NA where either is undefined), n.
+    Runs without the files (analysed before they existed) are left out.
+    """
+    rows = []
+    for r in results.runs.itertuples(index=False):
+        folder = rf.RunFolder(Path(r.path))
+        for file in (folder.baselines, folder.concepts_baselines):
+            if not file.is_file():
+                continue
+            b = pd.read_csv(file)
+            b = b[(b["finding"] == "all") & b["metric"].isin(BASELINE_METRICS)]
+            key = {
+                "model": r.model,
+                "loss": r.loss,
+                "task": r.task,
+                "seed": r.seed,
+                "run": r.run_id,
+            }
+            rows += [key | row for row in b.drop(columns="finding").to_dict("records")]
+    cols = ["model", "loss", "task", "seed", "run", "metric", "baseline", "layers", "value",
+            "trained", "beats", "n"]  # fmt: skip
+    return pd.DataFrame(rows).reindex(columns=cols)
+
+
+def baselines_view(baselines: pd.DataFrame) -> pd.DataFrame:
+    """The trained value beside each baseline, per (task, model, loss, metric), and the
+    baselines it does not beat (``not beaten``: the flags of the results page)."""
+    if baselines.empty:
+        return pd.DataFrame()
+    b = baselines[baselines["seed"] == baselines["seed"].min()]
+    wide = b.pivot_table(
+        index=["task", "model", "loss", "metric"], columns="baseline", values="value",
+        aggfunc="first",
+    )  # fmt: skip
+    keys = ["task", "model", "loss", "metric"]
+    wide.insert(0, "trained", b.groupby(keys)["trained"].first())
+    lost = b[b["beats"].astype("boolean").eq(False).fillna(False)]
+    wide["not beaten"] = lost.groupby(keys)["baseline"].agg(", ".join).reindex(wide.index)
+    wide["not beaten"] = wide["not beaten"].fillna("")
+    wide = wide.reset_index()
+    wide["task"] = wide["task"].map(task_label)
+    wide["model"] = wide["model"].map(model_label)
+    wide["loss"] = wide["loss"].map(loss_label)
+    wide["metric"] = wide["metric"].map(metric_label)
+    return wide.set_index(["task", "model", "loss", "metric"])
+
+
+def baselines_summary(baselines: pd.DataFrame) -> pd.DataFrame:
+    """How many runs beat each baseline, per metric: ``k/n`` (n: runs where defined)."""
+    if baselines.empty:
+        return pd.DataFrame()
+    beats = baselines["beats"].astype("boolean")
+    grouped = baselines.assign(beats=beats).groupby(["metric", "baseline"])["beats"]
+    out = grouped.agg(lambda x: f"{int(x.fillna(False).sum())}/{int(x.notna().sum())}")
+    table = out.unstack("baseline").fillna("")
+    table.index = [metric_label(m) for m in table.index]
+    return table
+
+
 def _failed_runs(grid: Path) -> set[str]:
     """Run folder names that ``imbalens grid`` recorded as failed in ``grid.json``."""
     try:
