@@ -282,6 +282,22 @@ def test_failure_isolation_skip_and_config_change(tmp_path: Path, notebooks: Pat
     assert calls(g) == [f"{bad.name} performance"]
     assert rep2.pages["results"].status == "skipped"  # nothing changed
     assert not (g / ".stale").exists()
+    # a stage that reran (its marker rewritten) or an edited page source rebuilds the page
+    marker_path(good, "alignment").unlink()
+    assert (
+        run_grid(params, out, notebook_dir=notebooks, progress=False).pages["results"].status
+        == "done"
+    )
+    page = notebooks / "results.py"
+    page.write_text(page.read_text() + "\n# edited\n")
+    assert (
+        run_grid(params, out, notebook_dir=notebooks, progress=False).pages["results"].status
+        == "done"
+    )
+    assert (
+        run_grid(params, out, notebook_dir=notebooks, progress=False).pages["results"].status
+        == "skipped"
+    )
 
     # a changed config re-runs every stage of every run, the old folder moved aside
     (g / "calls.txt").unlink()

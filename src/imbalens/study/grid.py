@@ -696,6 +696,19 @@ def _progress(total: int, enabled: bool | None) -> Any:
     return GridProgress(total, enabled)
 
 
+def _pages_inputs(results: Sequence[RunResult]) -> list[tuple[str, str, str, list[str]]]:
+    """What the grid pages read of each run: id, config hash, status and its stage
+    markers (rewritten, with their outputs' checksums, whenever a stage reruns), so that
+    a page is rebuilt when any run's results change, not only its config."""
+    out = []
+    for r in results:
+        folder = Path(r.dir)
+        pattern = rf.STAGE_MARKER.format(stage="*")
+        markers = sorted(p.read_text() for p in folder.glob(pattern)) if folder.is_dir() else []
+        out.append((r.id, r.config_hash, r.status, markers))
+    return out
+
+
 def _run_pages(
     spec: GridSpec,
     grid_dir: Path,
@@ -721,10 +734,11 @@ def _run_pages(
         },
         "sensitivity": {"grid_dir": str(grid_dir)},
     }
+    runs_state = _pages_inputs(results)
     state = {
         "data": params["data"],
-        "results": [params["results"], [(r.id, r.config_hash, r.status) for r in results]],
-        "sensitivity": [(r.id, r.config_hash, r.status) for r in results],
+        "results": [params["results"], runs_state],
+        "sensitivity": runs_state,
     }
     out: dict[str, StageResult] = {}
     with kernel_env(None):
@@ -734,7 +748,7 @@ def _run_pages(
                 log.warning("page %s: no notebook %s; skipped", page, src)
                 out[page] = StageResult("absent")
                 continue
-            phash = config_hash({"page": page, "state": state[page]})
+            phash = config_hash({"page": page, "state": state[page], "source": _sha256(src)})
             if (
                 stage_done(pages_dir, page, phash)
                 and (pages_dir / rf.NOTEBOOK.format(stage=page)).is_file()
