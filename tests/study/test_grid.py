@@ -358,8 +358,15 @@ def test_sigint_on_the_cli_is_clean(tmp_path: Path, notebooks: Path) -> None:
     (g / "hang.txt").write_text("")
     cmd = [sys.executable, "-m", "imbalens.cli", "grid", str(params), "--out", str(out)]
     cmd += ["--notebooks", str(notebooks), "--no-pages"]
+    # A terminal's foreground job receives ctrl-C with SIGINT at its default; a test
+    # suite started in the background by a non-interactive shell (`make test &`) inherits
+    # SIGINT *ignored*, which Python then keeps, so the child gets the default back here.
     proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cmd,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 90
     while not (g / "started.txt").exists():
