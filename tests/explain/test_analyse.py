@@ -138,3 +138,27 @@ def test_dissection_settings_modes_and_overrides():
     assert official["floor_ties"] is True  # an explicit key wins over the mode
     with pytest.raises(ValueError, match="analysis.dissection"):
         dissection_settings({**a, "dissection": "mmcls"}, 80)
+
+
+@pytest.mark.parametrize("stage", ["alignment", "concepts"])
+def test_grid_redo_of_a_corrupt_stage_really_recomputes(
+    tiny_phantom, tmp_path, small_config, stage
+):
+    """The grid invalidates a stage whose output changed; the stage's own done marker
+    must go too, or the rerun would skip and keep the corrupt file."""
+    from imbalens.explain.analyse import align_model, concepts_model
+    from imbalens.study.grid import _invalidate
+    from imbalens.training.models import build_model
+
+    cfg = small_config(tiny_phantom, data={"image_size": 64}, analysis={"batch_size": 5})
+    data = load_nih(tiny_phantom)
+    torch.manual_seed(0)
+    model = build_model("t-densenet", len(data.class_names)).eval()
+    run = align_model if stage == "alignment" else concepts_model
+    run(model, data, cfg, tmp_path, device="cpu", limit=4)
+    out = tmp_path / ("alignment.csv" if stage == "alignment" else "concepts_images.csv")
+    good = out.read_text()
+    out.write_text("corrupt")
+    _invalidate(tmp_path, stage, "output changed")
+    run(model, data, cfg, tmp_path, device="cpu", limit=4)
+    assert out.read_text() == good

@@ -352,8 +352,14 @@ class RunResult:
 STAGE_OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train": ((rf.TRAIN_DONE, rf.METRICS, rf.METRICS_VAL, rf.HISTORY), (rf.TRAIN_DONE,)),
     "performance": ((rf.METRICS,), ()),
-    "alignment": ((rf.ALIGNMENT, rf.ALIGNMENT_SUMMARY, rf.ANALYSIS_DONE), (rf.ANALYSIS_DONE,)),
-    "concepts": ((rf.CONCEPTS, rf.CONCEPTS_CHANNELS), (rf.ANALYSIS_DONE,)),
+    "alignment": (
+        (rf.ALIGNMENT, rf.ALIGNMENT_SUMMARY, rf.ALIGNMENT_DONE, rf.BASELINES),
+        (rf.ALIGNMENT_DONE, rf.ANALYSIS_DONE),
+    ),
+    "concepts": (
+        (rf.CONCEPTS, rf.CONCEPTS_CHANNELS, rf.CONCEPTS_IMAGES, rf.CONCEPTS_BASELINES),
+        (rf.CONCEPTS_DONE, rf.ANALYSIS_DONE),
+    ),
 }
 
 
