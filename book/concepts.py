@@ -18,6 +18,9 @@
 run_dir = "runs/smoke/t-densenet-bce-binary-s0"
 # how many channels to list per finding
 top = 5
+# the first N boxed images re-dissected under other analysis choices (the sensitivity
+# page's `max_images`: it reads this run's sensitivity.csv when the two agree)
+sensitivity_images = 64
 
 # %% tags=["remove-cell"]
 # relative paths name folders under the repository root ($IMBALENS_REPO), from Jupyter
@@ -44,6 +47,7 @@ run_dir = str(repo_path(run_dir))
 # 2. The counts and the settings they were computed with
 # 3. Counts per finding
 # 4. Which channels detect what
+# 5. This run under other analysis choices (for the sensitivity page)
 #
 # ## Prerequisites
 #
@@ -71,6 +75,7 @@ from imbalens.runfolder import RunFolder
 from imbalens.study.labels import run_title
 from imbalens.study.plots import concept_channels_figure
 from imbalens.study.results import detectors_by_finding
+from imbalens.study.sensitivity import measure_run
 from imbalens.study.stats import concept_ci
 
 run = Path(run_dir)
@@ -154,6 +159,22 @@ for layer, part in channels.groupby("layer", sort=False):
     fig = concept_channels_figure(part, title=f"{title}, layer {layer}")
     display(fig)
     plt.close(fig)
+
+# %% [markdown]
+# ## This run under other analysis choices
+#
+# The same checkpoint re-measured on the first boxed images under the choices the
+# sensitivity page compares across the grid: the dissection quantile $q$ and layer
+# (Disjoint, Unique, per image normalisation) and the CAM normalisation (soft IoBB/IoR,
+# pointing game, top-k IoU). Measured here, in the run's own job, so the grid's runs
+# share the work; the sensitivity page reads the run's `sensitivity.csv`
+# (`imbalens.study.sensitivity.measure_run`).
+
+# %%
+sensitivity = measure_run(run_dir, max_images=sensitivity_images, force=True)
+sensitivity.pivot_table(
+    index=["factor", "setting"], columns="metric", values="value", aggfunc="first"
+).round(3)
 
 # %% [markdown]
 # ## Summary

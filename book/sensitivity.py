@@ -24,8 +24,9 @@ max_images = 64
 # The study's claims 3 and 4 compare the four losses by alignment (IoBB, IoR) and by
 # concept counts (Disjoint, Unique). Each number rests on choices the paper fixed once:
 # the dissection quantile $q$, the dissected layer, and whether the CAM is normalised at
-# feature or at input resolution. This page re-measures every trained run from its
-# saved checkpoint (no retraining) under
+# feature or at input resolution. Every trained run is re-measured from its saved
+# checkpoint (no retraining; each run's concepts stage does it in the run's own job and
+# writes `sensitivity.csv`, which this page reads, or measures where it is missing) under
 #
 # - $q \in \{0.005, 0.01, 0.04\}$ (the paper: 0.01 for T-DenseNet, 0.04 for ResNet50),
 # - ResNet50's `layer3` and `layer4`, T-DenseNet's last block `features.norm5`,

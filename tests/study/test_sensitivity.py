@@ -94,3 +94,24 @@ def test_measure_run_from_a_checkpoint(tiny_phantom, tmp_path) -> None:
     pd.testing.assert_frame_equal(again, df, check_dtype=False)
     other = measure_grid(tmp_path / "grid", qs=(0.04,), max_images=5)  # other settings: redone
     assert set(other["max_images"].astype(str)) == {"5"}
+
+
+def _parameter(page: str, name: str) -> object:
+    """The literal ``name = ...`` of a book page's parameters cell."""
+    import ast
+
+    from imbalens.paths import repo_path
+    from imbalens.study.notebooks import PARAMETERS_TAG, read_source
+
+    nb = read_source(repo_path(f"book/{page}.py"))
+    cell = next(c for c in nb.cells if PARAMETERS_TAG in c.metadata.get("tags", []))
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == name:  # type: ignore[attr-defined]
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"book/{page}.py has no parameter {name}")
+
+
+def test_concepts_stage_measures_what_the_sensitivity_page_reads() -> None:
+    # each run's concepts notebook writes sensitivity.csv in the run's own (parallel)
+    # job; the grid-level page re-measures only where max_images differs
+    assert _parameter("concepts", "sensitivity_images") == _parameter("sensitivity", "max_images")

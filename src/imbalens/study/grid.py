@@ -357,8 +357,14 @@ STAGE_OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (rf.ALIGNMENT_DONE, rf.ANALYSIS_DONE),
     ),
     "concepts": (
-        (rf.CONCEPTS, rf.CONCEPTS_CHANNELS, rf.CONCEPTS_IMAGES, rf.CONCEPTS_BASELINES),
-        (rf.CONCEPTS_DONE, rf.ANALYSIS_DONE),
+        (
+            rf.CONCEPTS,
+            rf.CONCEPTS_CHANNELS,
+            rf.CONCEPTS_IMAGES,
+            rf.CONCEPTS_BASELINES,
+            rf.SENSITIVITY,
+        ),
+        (rf.CONCEPTS_DONE, rf.ANALYSIS_DONE, rf.SENSITIVITY),
     ),
 }
 
