@@ -75,6 +75,8 @@ GRID_JSON = "grid.json"
 GRID_LOCK = "grid.lock"
 PAGES_DIR = "_pages"
 STALE_DIR = ".stale"
+#: Baselines shared by a grid's runs that differ only in their loss (the untrained model)
+SHARED_DIR = ".shared"
 #: a phantom folder's manifest (written by :mod:`imbalens.data.synth`)
 PHANTOM_MANIFEST = "phantom.json"
 #: a phantom folder's exact lesion masks (:class:`imbalens.data.synth.LesionMasks`)

@@ -235,3 +235,62 @@ def test_concept_baselines_rows_and_beats(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert (t["trained"].xs("disjoint", level="metric") == 5.0).all()
     assert t["beats"].all() and (t["n"] == 3).all()
     assert t.loc[("randomised-1", "disjoint"), "layers"] == "classifier"
+
+
+def test_grid_runs_share_the_untrained_baseline(tiny_phantom, tmp_path) -> None:
+    """Two runs of a grid that differ only in their loss: the second reads the untrained
+    model's alignment and concept baselines from <grid>/.shared instead of computing them,
+    with the same numbers; a run outside a grid (no grid-run.json) shares nothing."""
+    import pandas as pd
+
+    import imbalens.explain.baselines as B
+    from imbalens.config import merge_config
+    from imbalens.data.nih import load_nih
+    from imbalens.explain.analyse import analyse_model
+    from imbalens.runfolder import RECORD, SHARED_DIR, RunFolder
+
+    data = load_nih(tiny_phantom)
+    torch.manual_seed(0)
+    model = build_model("t-densenet", len(data.class_names)).eval()
+    tables = {}
+    built = []
+    real = B.untrained_model
+
+    def counting(cfg, k):
+        built.append(cfg["loss"]["name"])
+        return real(cfg, k)
+
+    B.untrained_model = counting
+    try:
+        for loss in ("bce", "wbce"):
+            cfg = merge_config(
+                {
+                    "data": {"root": str(tiny_phantom), "image_size": 32},
+                    "model": {"name": "t-densenet"},
+                    "loss": {"name": loss},
+                    "train": {"precision": "fp32", "seed": 3},
+                    "analysis": {"batch_size": 8, "cascade_levels": [1], "baseline_images": 4},
+                }
+            )
+            out = tmp_path / "grid" / loss
+            out.mkdir(parents=True)
+            (out / RECORD).write_text("{}")
+            analyse_model(model, data, cfg, out, device="cpu", limit=8)
+            run = RunFolder(out)
+            tables[loss] = (pd.read_csv(run.baselines), pd.read_csv(run.concepts_baselines))
+        # the untrained model was built twice for the first run (alignment, concepts),
+        # never for the second
+        assert built == ["bce", "bce"]
+        shared = sorted(p.name for p in (tmp_path / "grid" / SHARED_DIR).iterdir())
+        assert [n.split("-")[1] for n in shared] == ["alignment", "concepts"]
+        for i in (0, 1):
+            a, b = (tables[k][i] for k in ("bce", "wbce"))
+            ua, ub = (t[t["baseline"] == "untrained"].reset_index(drop=True) for t in (a, b))
+            pd.testing.assert_frame_equal(ua, ub)
+        # outside a grid: computed again, nothing shared
+        solo = tmp_path / "solo"
+        analyse_model(model, data, cfg, solo, device="cpu", limit=8)
+        assert built == ["bce", "bce", "wbce", "wbce"]
+        assert not (tmp_path / SHARED_DIR).exists()
+    finally:
+        B.untrained_model = real

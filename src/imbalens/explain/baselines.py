@@ -18,15 +18,25 @@ module scores, on the same boxed images and with the same CAM
 
 A trained model's number "beats" a baseline when it is strictly larger (every metric
 here is higher-is-better); ``baselines.csv`` records each comparison.
+
+The untrained model does not depend on the loss, so a grid's runs that differ only in
+their loss share its numbers: the first run to need them writes them to
+``<grid>/.shared/`` (:func:`shared_path`), keyed by everything but the loss in the
+run's config, the torch version and a hash of this package's source, and the others
+read them back (exactly the same numbers, at a quarter of the cost).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -38,7 +48,7 @@ from imbalens import runfolder as rf
 from imbalens.data.findings import BOXED_FINDINGS
 from imbalens.explain.alignment import alignment_table, soft_iobb, soft_ior
 from imbalens.explain.localization import COLUMNS, gaussian_map, localization_metrics
-from imbalens.io import atomic_write_text
+from imbalens.io import atomic_write_csv, atomic_write_text
 
 __all__ = [
     "CASCADE",
@@ -49,6 +59,7 @@ __all__ = [
     "compare_with_trained",
     "map_baseline_table",
     "randomise_layers",
+    "shared_path",
     "untrained_model",
     "write_baselines",
     "write_concept_baselines",
@@ -124,6 +135,50 @@ def untrained_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     return model.eval()
 
 
+@functools.lru_cache(maxsize=1)
+def _source_hash() -> str:
+    """sha256 of this package's Python sources (a cached baseline of older code is stale)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def shared_path(out: Path, cfg: dict[str, Any], what: str, n_images: int) -> Path | None:
+    """Where a grid run reads or writes the untrained model's ``what`` baseline, shared
+    with the grid's other runs whose config differs only in ``loss``: a file in
+    ``<grid>/.shared/`` named by a hash of the config without ``loss``, ``n_images``
+    (the first N boxed images measured),
+    the torch version and :func:`_source_hash`. None for a run folder outside a grid
+    (no ``grid-run.json``): it computes its own."""
+    out = Path(out)
+    if not (out / rf.RECORD).is_file():
+        return None
+    key = {
+        "what": what,
+        "config": {k: v for k, v in cfg.items() if k != "loss"},
+        "n_images": n_images,
+        "torch": torch.__version__,
+        "source": _source_hash(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    suffix = "csv" if what == "alignment" else "json"
+    return out.parent / rf.SHARED_DIR / f"untrained-{what}-{digest[:16]}.{suffix}"
+
+
+def _read_shared(path: Path | None) -> pd.DataFrame | dict[str, Any] | None:
+    """A shared baseline file, or None when absent or unreadable (then recomputed)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path) if path.suffix == ".csv" else json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("%s unreadable (%s): computing the untrained baseline again", path, exc)
+        return None
+
+
 def _all_boxes(dataset: Dataset, batch_size: int) -> Tensor:
     masks = [
         b["box_mask"][b["has_box"].bool()]
@@ -192,20 +247,24 @@ def baseline_table(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     autocast: object | None = None,
+    untrained_rows: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Summaries (long format) of the untrained, cascade-randomised and map baselines.
+
+    ``untrained_rows``: the untrained model's per-map rows measured before (a grid's
+    shared baseline), used instead of running ``untrained``.
 
     Returns:
         ``(table, seconds)``: columns baseline, layers, finding, metric, value, n;
         ``seconds`` per baseline.
     """
     models: list[tuple[str, str, nn.Module]] = []
-    if untrained is not None:
+    if untrained is not None and untrained_rows is None:
         models.append(("untrained", "all", untrained))
     for k in levels:
         layers = cascade_layers(model_name, k)
         models.append((f"randomised-{k}", "+".join(layers), randomise_layers(model, layers, seed)))
-    frames, seconds = [], {}
+    frames, seconds = [] if untrained_rows is None else [untrained_rows], {}
     for name, layers, m in models:
         t0 = time.perf_counter()
         m = m.to(device).eval()
@@ -259,20 +318,33 @@ def write_baselines(
     if names is not None:
         trained = trained[trained["image"].isin(set(names))]
     seed = int(cfg["train"]["seed"])
-    untrained = untrained_model(cfg, len(data.class_names))
+    batch_size = int(a.get("batch_size", 32))
+    shared = shared_path(out, cfg, "alignment", len(dataset))  # type: ignore[arg-type]
+    rows = _read_shared(shared)
+    t0 = time.perf_counter()
+    if rows is None:
+        m = untrained_model(cfg, len(data.class_names)).to(device)
+        rows = alignment_table(
+            m, dataset, data.class_names, data.task, batch_size, device, autocast=autocast
+        ).assign(baseline="untrained", layers="all")
+        if shared is not None:
+            atomic_write_csv(shared, rows)
+    untrained_seconds = time.perf_counter() - t0
     table, seconds = baseline_table(
         model,
-        untrained,
+        None,
         dataset,
         data.class_names,
         data.task,
         cfg["model"]["name"],
         levels=levels,
         seed=seed,
-        batch_size=int(a.get("batch_size", 32)),
+        batch_size=batch_size,
         device=device,
         autocast=autocast,
+        untrained_rows=rows,
     )
+    seconds = {"untrained": untrained_seconds, **seconds}
     result = compare_with_trained(table, trained)
     atomic_write_text(Path(out) / rf.BASELINES, result.to_csv(index=False))
     not_beaten = result[(result["finding"] == "all") & result["beats"].eq(False).fillna(False)]
@@ -314,10 +386,11 @@ def write_concept_baselines(
     if n is not None and int(n) < len(dataset):  # type: ignore[arg-type]
         dataset = Subset(dataset, range(int(n)))
     seed = int(cfg["train"]["seed"])
-    models: list[tuple[str, str, nn.Module]] = [
-        ("trained", "-", model),
-        ("untrained", "all", untrained_model(cfg, len(data.class_names))),
-    ]
+    shared = shared_path(out, cfg, "concepts", len(dataset))  # type: ignore[arg-type]
+    cached = _read_shared(shared)
+    models: list[tuple[str, str, nn.Module]] = [("trained", "-", model)]
+    if cached is None:
+        models.append(("untrained", "all", untrained_model(cfg, len(data.class_names))))
     for k in [int(k) for k in a.get("cascade_levels", (2,))]:
         layers = cascade_layers(cfg["model"]["name"], k)
         models.append((f"randomised-{k}", "+".join(layers), randomise_layers(model, layers, seed)))
@@ -327,6 +400,13 @@ def write_concept_baselines(
         t0 = time.perf_counter()
         values[name] = (layers, dissect(m.eval(), dataset))
         seconds[name] = time.perf_counter() - t0
+    if cached is not None:
+        values = {"untrained": ("all", SimpleNamespace(**cached)), **values}
+        seconds["untrained"] = 0.0
+    elif shared is not None:
+        res = values["untrained"][1]
+        counts = {k: float(getattr(res, k)) for k in ("disjoint", "unique")}
+        atomic_write_text(shared, json.dumps({**counts, "n_images": int(res.n_images)}))
     trained = values.pop("trained")[1]
     rows = [
         {

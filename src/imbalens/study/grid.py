@@ -797,7 +797,7 @@ class GridPlan:
 def _confined(grid_dir: Path, run_id: str) -> Path:
     """``grid_dir/run_id``, refusing ids that would leave the grid folder or clash."""
     run_dir = (grid_dir / run_id).resolve()
-    reserved = {rf.PAGES_DIR, rf.STALE_DIR}
+    reserved = {rf.PAGES_DIR, rf.STALE_DIR, rf.SHARED_DIR}
     if run_dir.parent != grid_dir or run_id in reserved or run_id.startswith("."):
         raise ConfigError(f"run id {run_id!r} would not be a plain folder inside {grid_dir}")
     return run_dir
