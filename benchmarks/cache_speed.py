@@ -8,7 +8,9 @@ train split, shuffled) with 1 and 2 worker processes:
 - ``png``: decode the 1,024 px PNG, resize to S, per-image augmentation (today's path);
 - ``cache``: memory-mapped uint8 shards, same per-image augmentation (``augment_on: loader``);
 - ``cache+device``: memory-mapped uint8, no per-image work; the batch is augmented by
-  ``augment_batch`` in the main process (on CPU here; on the GPU in a GPU run).
+  ``augment_batch`` in the main process (on CPU here; on the GPU in a GPU run);
+- ``cache+device, loader only``: the same uint8 batches without the augmentation: what the
+  host's CPU must deliver when ``augment_batch`` runs on the GPU (not timed here).
 
 Rates per worker (the ``workers=1`` row) times 16 cores estimate what a 16-core GPU host
 feeds. Prints the CPU's speed flags, the cache's size on disk for the images prepared and,
@@ -110,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data.dataset("train", args.size, augment=True, prepared=imgs, raw=True),
                 len(data.images("train")),
                 True,
+            ),
+            "cache+device, loader only": (
+                data.dataset("train", args.size, augment=True, prepared=imgs, raw=True),
+                len(data.images("train")),
+                False,
             ),
         }
         print("| path | workers | img/s | vs png | per worker x 16 |")
