@@ -13,6 +13,8 @@ TCMALLOC_GLOB := /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4
 GLIBC_TUNABLES := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456
 RUN := LD_PRELOAD=$$(ls $(TCMALLOC_GLOB) 2>/dev/null | head -n 1) $(GLIBC_TUNABLES) MPLBACKEND=Agg
 GRID ?= params/quick.yaml
+# runs folder of `make study` / `make book` (the grid writes <RUNS>/<grid name>/)
+RUNS ?= runs
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -52,8 +54,8 @@ study: $(STAMP) ## the whole study on the phantom: data, grid params/quick.yaml,
 	@# the grid makes the phantom when absent, resumes where it stopped, and exits non-zero
 	@# when a run failed; the book is built from whatever ran, then the grid's status wins
 	@start=$$(date +%s); \
-	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens grid $(GRID) $(GRID_ARGS); status=$$?; \
-	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID) || exit 1; \
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens grid $(GRID) --out $(RUNS) $(GRID_ARGS); status=$$?; \
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID) --runs $(RUNS) || exit 1; \
 	echo "study: $(GRID) in $$(( $$(date +%s) - start )) s (grid exit status $$status)"; \
 	exit $$status
 
@@ -65,7 +67,7 @@ gpu-study: $(STAMP) ## on a CUDA machine: the phantom study at 224 px, 3 seeds (
 	$(MAKE) study GRID=params/phantom-gpu.yaml
 
 book: $(STAMP) ## rebuild the book from the runs already executed
-	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID)
+	$(RUN) PATH=$(abspath $(BIN)):$$PATH $(BIN)/imbalens book $(GRID) --runs $(RUNS)
 
 bench: $(STAMP) ## CPU speed benchmark (fp32 vs bf16+channels_last, side by side)
 	$(RUN) $(BIN)/python benchmarks/speed.py
