@@ -115,3 +115,39 @@ def test_concepts_stage_measures_what_the_sensitivity_page_reads() -> None:
     # each run's concepts notebook writes sensitivity.csv in the run's own (parallel)
     # job; the grid-level page re-measures only where max_images differs
     assert _parameter("concepts", "sensitivity_images") == _parameter("sensitivity", "max_images")
+
+
+def test_measure_run_runs_in_the_runs_precision(tiny_phantom, tmp_path, monkeypatch) -> None:
+    """Every forward pass of the re-measurement runs in the run's train.precision, as the
+    analysis stages do, so its reference setting is the stage's own computation."""
+    import contextlib
+
+    import imbalens.training.precision as P
+    from imbalens.config import dump_config, merge_config
+    from imbalens.data.findings import class_names
+    from imbalens.runfolder import RunFolder
+    from imbalens.training.checkpoint import save_checkpoint
+    from imbalens.training.models import build_model
+
+    cfg = merge_config(
+        {
+            "data": {"root": str(tiny_phantom), "image_size": 32, "task": "binary"},
+            "model": {"name": "t-densenet"},
+            "train": {"precision": "bf16"},
+            "analysis": {"batch_size": 4},
+        }
+    )
+    run = RunFolder(tmp_path / "grid" / "r")
+    model = build_model("t-densenet", len(class_names("binary")))
+    save_checkpoint(run.best, {"model": model.state_dict(), "config": cfg})
+    dump_config(cfg, run.config)
+    seen = []
+
+    def recording(device, precision):
+        seen.append((torch.device(device).type, precision))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(P, "autocast_context", recording)
+    measure_run(run.path, qs=(0.04,), max_images=4, device="cpu")
+    # two CAM normalisations + one activation pass of the layer, each batch in bf16
+    assert len(seen) >= 3 and set(seen) == {("cpu", "bf16")}

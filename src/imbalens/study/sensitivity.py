@@ -55,7 +55,12 @@ COLUMNS = ["run", "model", "loss", "task", "factor", "setting", "metric", "value
 
 
 def _concept_rows(
-    model: Any, dataset: Any, cfg: dict[str, Any], qs: Sequence[float]
+    model: Any,
+    dataset: Any,
+    cfg: dict[str, Any],
+    qs: Sequence[float],
+    device: Any = "cpu",
+    autocast: Any = None,
 ) -> list[dict[str, Any]]:
     from imbalens.config import DEFAULTS
     from imbalens.explain.analyse import dissection_settings
@@ -66,7 +71,9 @@ def _concept_rows(
     kw["normalise"] = "images"  # per image, whatever the run's setting (comparable across q)
     rows = []
     for layer in model.dissect_layers:
-        stream = ActivationStream(model, dataset, layer, int(a.get("batch_size", 32)), cache=True)
+        stream = ActivationStream(
+            model, dataset, layer, int(a.get("batch_size", 32)), device, autocast, cache=True
+        )
         try:
             for q in qs:
                 res = count_concepts(stream, float(q), **kw)
@@ -84,18 +91,25 @@ def measure_run(
     normalisations: Sequence[str] = CAM_NORMALISATIONS,
     max_images: int | None = 128,
     force: bool = False,
+    device: str | Any = "auto",
 ) -> pd.DataFrame:
     """The run's metrics under every setting (long format, :data:`COLUMNS` plus
     ``layer``, ``q``, ``normalise``), from its best checkpoint; cached in the run's
-    ``sensitivity.csv`` (recomputed with ``force``).
+    ``sensitivity.csv`` (recomputed with ``force``). Forward passes run as the run's
+    analysis stages run them: on ``device`` (``auto``: the GPU when there is one) in
+    the run's ``train.precision`` (bf16 autocast where the CPU has it).
 
     Args:
         max_images: the first N boxed images only (None: all 880 / the phantom's).
     """
+    import functools
+
     from imbalens.data.nih import load_nih_from_config
     from imbalens.explain.alignment import alignment_table
     from imbalens.explain.dissect import default_q
     from imbalens.training.checkpoint import load_model_from_run
+    from imbalens.training.precision import autocast_context
+    from imbalens.training.runtime import select_device
 
     run = rf.RunFolder(Path(run_dir))
     cached = run.path / rf.SENSITIVITY
@@ -105,6 +119,10 @@ def measure_run(
             return old
         log.info("%s was measured with other settings: measuring again", cached)
     model, cfg = load_model_from_run(run.path)
+    dev = select_device(device)
+    model.to(dev).eval()
+    precision = (cfg.get("train") or {}).get("precision", "fp32")
+    autocast = functools.partial(autocast_context, dev, precision)
     data = load_nih_from_config(cfg["data"])
     dataset = data.dataset("boxed", int(cfg["data"]["image_size"]))
     if max_images is not None and max_images < len(dataset):
@@ -120,7 +138,10 @@ def measure_run(
     ref_q = float(a["q"]) if a.get("q") is not None else default_q(model)
     rows = []
     for norm in normalisations:
-        t = alignment_table(model, dataset, data.class_names, data.task, normalise=norm)
+        t = alignment_table(
+            model, dataset, data.class_names, data.task, device=dev, normalise=norm,
+            autocast=autocast,
+        )  # fmt: skip
         for metric in ALIGNMENT_METRICS:
             value = float(t[metric].mean())
             rows.append(
@@ -128,7 +149,7 @@ def measure_run(
                 | {"factor": "cam", "setting": norm, "metric": metric, "value": value}
                 | {"normalise": norm, "is_reference": norm == "feature"}
             )
-    for r in _concept_rows(model, dataset, cfg, sorted({*qs, ref_q})):
+    for r in _concept_rows(model, dataset, cfg, sorted({*qs, ref_q}), dev, autocast):
         is_ref = r["layer"] == ref_layer and r["q"] == ref_q
         setting = f"{r['layer']} q={r['q']:g}"
         rows.append(key | {"factor": "dissection", "setting": setting, "is_reference": is_ref, **r})
