@@ -294,3 +294,26 @@ def test_grid_runs_share_the_untrained_baseline(tiny_phantom, tmp_path) -> None:
         assert not (tmp_path / SHARED_DIR).exists()
     finally:
         B.untrained_model = real
+
+
+def test_shared_path_key_excludes_only_the_loss(tmp_path) -> None:
+    from imbalens.config import merge_config
+    from imbalens.explain.baselines import shared_path
+    from imbalens.runfolder import RECORD
+
+    run = tmp_path / "grid" / "r"
+    run.mkdir(parents=True)
+    assert shared_path(run, merge_config({}), "alignment", 4) is None  # not a grid run
+    (run / RECORD).write_text("{}")
+    base = merge_config({"loss": {"name": "bce"}})
+    p = shared_path(run, base, "alignment", 4)
+    assert p is not None and p.parent == tmp_path / "grid" / ".shared"
+    assert shared_path(run, merge_config({"loss": {"name": "focal"}}), "alignment", 4) == p
+    for other in (
+        shared_path(run, merge_config({"train": {"seed": 1}}), "alignment", 4),
+        shared_path(run, merge_config({"data": {"task": "binary"}}), "alignment", 4),
+        shared_path(run, base, "alignment", 5),
+        shared_path(run, base, "alignment", 4, "cuda"),
+        shared_path(run, base, "concepts", 4),
+    ):
+        assert other != p

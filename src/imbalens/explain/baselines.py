@@ -146,11 +146,14 @@ def _source_hash() -> str:
     return h.hexdigest()
 
 
-def shared_path(out: Path, cfg: dict[str, Any], what: str, n_images: int) -> Path | None:
+def shared_path(
+    out: Path, cfg: dict[str, Any], what: str, n_images: int, device: str = "cpu"
+) -> Path | None:
     """Where a grid run reads or writes the untrained model's ``what`` baseline, shared
     with the grid's other runs whose config differs only in ``loss``: a file in
     ``<grid>/.shared/`` named by a hash of the config without ``loss``, ``n_images``
-    (the first N boxed images measured),
+    (the first N boxed images measured), the device type (CPU and GPU kernels round
+    differently),
     the torch version and :func:`_source_hash`. None for a run folder outside a grid
     (no ``grid-run.json``): it computes its own."""
     out = Path(out)
@@ -160,6 +163,7 @@ def shared_path(out: Path, cfg: dict[str, Any], what: str, n_images: int) -> Pat
         "what": what,
         "config": {k: v for k, v in cfg.items() if k != "loss"},
         "n_images": n_images,
+        "device": device,
         "torch": torch.__version__,
         "source": _source_hash(),
     }
@@ -319,7 +323,8 @@ def write_baselines(
         trained = trained[trained["image"].isin(set(names))]
     seed = int(cfg["train"]["seed"])
     batch_size = int(a.get("batch_size", 32))
-    shared = shared_path(out, cfg, "alignment", len(dataset))  # type: ignore[arg-type]
+    dev = torch.device(device).type
+    shared = shared_path(out, cfg, "alignment", len(dataset), dev)  # type: ignore[arg-type]
     rows = _read_shared(shared)
     t0 = time.perf_counter()
     if rows is None:
@@ -386,7 +391,8 @@ def write_concept_baselines(
     if n is not None and int(n) < len(dataset):  # type: ignore[arg-type]
         dataset = Subset(dataset, range(int(n)))
     seed = int(cfg["train"]["seed"])
-    shared = shared_path(out, cfg, "concepts", len(dataset))  # type: ignore[arg-type]
+    dev = next(model.parameters()).device.type
+    shared = shared_path(out, cfg, "concepts", len(dataset), dev)  # type: ignore[arg-type]
     cached = _read_shared(shared)
     models: list[tuple[str, str, nn.Module]] = [("trained", "-", model)]
     if cached is None:
