@@ -58,7 +58,8 @@ def test_kendall_needs_one_reference() -> None:
         kendall_table(df)
 
 
-def test_measure_run_from_a_checkpoint(tiny_phantom, tmp_path) -> None:
+def _checkpointed_run(root, folder, **overrides):
+    """A binary T-DenseNet run folder with a random-init best checkpoint, 32 px."""
     from imbalens.config import dump_config, merge_config
     from imbalens.data.findings import class_names
     from imbalens.runfolder import RunFolder
@@ -67,17 +68,24 @@ def test_measure_run_from_a_checkpoint(tiny_phantom, tmp_path) -> None:
 
     cfg = merge_config(
         {
-            "data": {"root": str(tiny_phantom), "image_size": 32, "task": "binary"},
+            "data": {"root": str(root), "image_size": 32, "task": "binary"},
             "model": {"name": "t-densenet"},
-            "loss": {"name": "wbce"},
             "analysis": {"batch_size": 4},
+            **overrides,
         }
     )
-    run = RunFolder(tmp_path / "grid" / "t-densenet-wbce")
+    run = RunFolder(folder)
     torch.manual_seed(0)
     model = build_model("t-densenet", len(class_names("binary")))
     save_checkpoint(run.best, {"model": model.state_dict(), "config": cfg})
     dump_config(cfg, run.config)
+    return run
+
+
+def test_measure_run_from_a_checkpoint(tiny_phantom, tmp_path) -> None:
+    run = _checkpointed_run(
+        tiny_phantom, tmp_path / "grid" / "t-densenet-wbce", loss={"name": "wbce"}
+    )
     df = measure_run(run.path, qs=(0.04,), max_images=4)
     cam = df[df["factor"] == "cam"]
     assert set(cam["setting"]) == {"feature", "input"}
@@ -123,24 +131,8 @@ def test_measure_run_runs_in_the_runs_precision(tiny_phantom, tmp_path, monkeypa
     import contextlib
 
     import imbalens.training.precision as P
-    from imbalens.config import dump_config, merge_config
-    from imbalens.data.findings import class_names
-    from imbalens.runfolder import RunFolder
-    from imbalens.training.checkpoint import save_checkpoint
-    from imbalens.training.models import build_model
 
-    cfg = merge_config(
-        {
-            "data": {"root": str(tiny_phantom), "image_size": 32, "task": "binary"},
-            "model": {"name": "t-densenet"},
-            "train": {"precision": "bf16"},
-            "analysis": {"batch_size": 4},
-        }
-    )
-    run = RunFolder(tmp_path / "grid" / "r")
-    model = build_model("t-densenet", len(class_names("binary")))
-    save_checkpoint(run.best, {"model": model.state_dict(), "config": cfg})
-    dump_config(cfg, run.config)
+    run = _checkpointed_run(tiny_phantom, tmp_path / "grid" / "r", train={"precision": "bf16"})
     seen = []
 
     def recording(device, precision):
