@@ -317,3 +317,16 @@ def test_shared_path_key_excludes_only_the_loss(tmp_path) -> None:
         shared_path(run, base, "concepts", 4),
     ):
         assert other != p
+
+
+def test_a_corrupt_shared_baseline_is_recomputed(tmp_path, caplog) -> None:
+    from imbalens.explain.baselines import _read_shared
+
+    for name, text in (("a.csv", "garbage\n1\n"), ("b.json", "[1, 2]"), ("c.json", "{")):
+        (tmp_path / name).write_text(text)
+        with caplog.at_level("WARNING"):
+            assert _read_shared(tmp_path / name) is None
+        assert f"{name} unreadable" in caplog.text
+    assert _read_shared(tmp_path / "absent.csv") is None and _read_shared(None) is None
+    (tmp_path / "ok.json").write_text('{"disjoint": 1.5, "unique": 1.0, "n_images": 4}')
+    assert _read_shared(tmp_path / "ok.json") == {"disjoint": 1.5, "unique": 1.0, "n_images": 4}

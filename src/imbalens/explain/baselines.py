@@ -22,7 +22,8 @@ here is higher-is-better); ``baselines.csv`` records each comparison.
 The untrained model does not depend on the loss, so a grid's runs that differ only in
 their loss share its numbers: the first run to need them writes them to
 ``<grid>/.shared/`` (:func:`shared_path`), keyed by everything but the loss in the
-run's config, the torch version and a hash of this package's source, and the others
+run's config, the device type, the torch version and a hash of this package's source,
+and the others
 read them back (exactly the same numbers, at a quarter of the cost).
 """
 
@@ -153,9 +154,8 @@ def shared_path(
     with the grid's other runs whose config differs only in ``loss``: a file in
     ``<grid>/.shared/`` named by a hash of the config without ``loss``, ``n_images``
     (the first N boxed images measured), the device type (CPU and GPU kernels round
-    differently),
-    the torch version and :func:`_source_hash`. None for a run folder outside a grid
-    (no ``grid-run.json``): it computes its own."""
+    differently), the torch version and :func:`_source_hash`. None for a run folder
+    outside a grid (no ``grid-run.json``): it computes its own."""
     out = Path(out)
     if not (out / rf.RECORD).is_file():
         return None
@@ -173,12 +173,22 @@ def shared_path(
 
 
 def _read_shared(path: Path | None) -> pd.DataFrame | dict[str, Any] | None:
-    """A shared baseline file, or None when absent or unreadable (then recomputed)."""
+    """A shared baseline file, or None when absent, unreadable or lacking what it must
+    hold (then recomputed, and rewritten)."""
     if path is None or not path.is_file():
         return None
+    need = (
+        {"baseline", "finding", *METRICS}
+        if path.suffix == ".csv"
+        else {"disjoint", "unique", "n_images"}
+    )
     try:
-        return pd.read_csv(path) if path.suffix == ".csv" else json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        value = pd.read_csv(path) if path.suffix == ".csv" else json.loads(path.read_text())
+        have = set(value.columns) if isinstance(value, pd.DataFrame) else set(value)
+        if not need <= have or len(value) == 0:
+            raise ValueError(f"missing {sorted(need - have)}" if need - have else "empty")
+        return value
+    except (OSError, ValueError, TypeError) as exc:
         log.warning("%s unreadable (%s): computing the untrained baseline again", path, exc)
         return None
 
