@@ -168,7 +168,9 @@ for layer, part in channels.groupby("layer", sort=False):
 # (Disjoint, Unique, per image normalisation) and the CAM normalisation (soft IoBB/IoR,
 # pointing game, top-k IoU). Measured here, in the run's own job, so the grid's runs
 # share the work; the sensitivity page reads the run's `sensitivity.csv`
-# (`imbalens.study.sensitivity.measure_run`).
+# (`imbalens.study.sensitivity.measure_run`). These are point values on the first
+# `sensitivity_images` boxed images, without CIs: they feed the sensitivity page's
+# loss rankings (Kendall's $\tau$), not this study's verdicts.
 
 # %%
 sensitivity = measure_run(run_dir, max_images=sensitivity_images, force=True)
